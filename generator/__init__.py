@@ -1,0 +1,1 @@
+"""labtune.generator: taxonomy sync and validation, and synthetic data generation."""

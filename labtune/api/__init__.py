@@ -1,0 +1,29 @@
+"""The labtune.io/v1alpha1 API: pydantic models of the three kinds, the single source of the CRDs."""
+
+from __future__ import annotations
+
+from labtune.api.base import API_VERSION, GROUP, VERSION, Condition
+from labtune.api.resource import Resource
+from labtune.api.synthetic_data_run import SyntheticDataRun, SyntheticDataRunSpec, SyntheticDataRunStatus
+from labtune.api.taxonomy import Taxonomy, TaxonomySpec, TaxonomyStatus
+from labtune.api.tuning_job import TuningJob, TuningJobSpec, TuningJobStatus
+
+KINDS: tuple[type[Resource], ...] = (Taxonomy, SyntheticDataRun, TuningJob)
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KINDS",
+    "VERSION",
+    "Condition",
+    "Resource",
+    "SyntheticDataRun",
+    "SyntheticDataRunSpec",
+    "SyntheticDataRunStatus",
+    "Taxonomy",
+    "TaxonomySpec",
+    "TaxonomyStatus",
+    "TuningJob",
+    "TuningJobSpec",
+    "TuningJobStatus",
+]

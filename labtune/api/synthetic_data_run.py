@@ -1,0 +1,239 @@
+"""The SyntheticDataRun kind: one generation of a LAB dataset from a taxonomy revision."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from labtune.api.base import (
+    ApiModel,
+    ArtifactURI,
+    BatchSpec,
+    CommitSHA,
+    ConfigMapKeyReference,
+    ObjectName,
+    RunState,
+    SchedulingSpec,
+    SecretKeyReference,
+    Sha256,
+    StatusBase,
+    cel,
+    exactly_one,
+    model_rules,
+    rules,
+)
+from labtune.api.resource import PrinterColumn, Resource
+
+
+class TaxonomyReference(ApiModel):
+    """The Taxonomy to generate from."""
+
+    name: ObjectName
+    """Name of a Taxonomy in the same namespace."""
+    revision: CommitSHA | None = None
+    """Use this commit instead of the Taxonomy's current `status.revision`."""
+
+
+class TeacherEndpoint(ApiModel):
+    """An OpenAI-compatible server (vLLM, KServe, llama.cpp, a hosted API)."""
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            json_schema_extra=rules(
+                cel(
+                    "isURL(self) && url(self).getScheme() in ['http', 'https']",
+                    "teacher endpoint url must be an http:// or https:// URL, e.g. http://teacher:8000/v1",
+                )
+            ),
+        ),
+    ]
+    """Base URL of the API, usually ending in `/v1`."""
+    model: Annotated[str, Field(min_length=1, max_length=512)]
+    """Model name to request."""
+    api_key_secret_ref: SecretKeyReference | None = None
+    """Secret key holding the API key (passed to the pod through secretKeyRef only)."""
+    ca_secret_ref: SecretKeyReference | None = None
+    """Secret key holding a PEM CA bundle for a private TLS endpoint."""
+
+
+class TeacherModel(ApiModel):
+    """A teacher served inside the generator pod by a vLLM sidecar on GPUs."""
+
+    uri: ArtifactURI
+    """The model's weights (Hugging Face layout) on the artifact store."""
+    gpus: Annotated[int, Field(ge=1, le=16)] = 1
+    """GPUs given to the vLLM sidecar (tensor parallel size)."""
+    max_model_len: Annotated[int, Field(ge=512, le=1_048_576)] | None = None
+    """Context length the server allows; the model's own when unset."""
+
+
+class Teacher(ApiModel):
+    """The model that writes and judges the synthetic data: exactly one of endpoint or model."""
+
+    model_config = model_rules(
+        cel(
+            exactly_one("endpoint", "model"),
+            "set exactly one of teacher.endpoint (an OpenAI-compatible server) "
+            "or teacher.model (served in the pod by vLLM)",
+        )
+    )
+
+    endpoint: TeacherEndpoint | None = None
+    """Use an existing OpenAI-compatible server."""
+    model: TeacherModel | None = None
+    """Serve a model in the generator pod."""
+
+
+class PipelineSpec(ApiModel):
+    """Which generation pipeline runs: a built-in one or a custom one from a ConfigMap."""
+
+    model_config = model_rules(
+        cel(
+            "!(has(self.builtin) && has(self.configMapRef))",
+            "set either pipeline.builtin or pipeline.configMapRef, not both",
+        )
+    )
+
+    builtin: Literal["simple", "full"] | None = None
+    """`simple`: one generation step per leaf type; `full`: generation with teacher-judge filters.
+    `simple` when neither this nor configMapRef is set."""
+    config_map_ref: ConfigMapKeyReference | None = None
+    """A custom pipeline YAML in a ConfigMap."""
+
+
+class ScaleSpec(ApiModel):
+    """How much data to generate and how hard to drive the teacher."""
+
+    samples_per_seed: Annotated[int, Field(ge=1, le=10_000)] = 30
+    """New examples to generate per seed example (before filtering)."""
+    chunk_tokens: Annotated[int, Field(ge=128, le=16_384)] = 1000
+    """Size of knowledge document chunks, in teacher tokens."""
+    max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Teacher requests in flight at once."""
+    seed: Annotated[int, Field(ge=0)] = 42
+    """Random seed for sampling and mixing: the same inputs and seed give the same datasets."""
+
+
+class ReplayDataset(ApiModel):
+    """A precomputed dataset mixed into the skills phase (replay against forgetting)."""
+
+    model_config = model_rules(
+        cel("!(has(self.samples) && has(self.ratio))", "set at most one of samples or ratio")
+    )
+
+    uri: ArtifactURI
+    """JSONL dataset in the messages format."""
+    samples: Annotated[int, Field(ge=1)] | None = None
+    """Draw this many samples."""
+    ratio: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    """Draw this many samples per generated skills sample."""
+
+
+class MixingSpec(ApiModel):
+    """How the phase datasets are assembled."""
+
+    knowledge_replay_ratio: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    """Knowledge samples replayed in the skills dataset, per skills sample."""
+    replay: Annotated[list[ReplayDataset], Field(max_length=16)] = Field(default_factory=list)
+    """Precomputed datasets mixed into the skills dataset."""
+
+
+class SyntheticDataRunSpec(BatchSpec):
+    """Desired state of a SyntheticDataRun. Immutable once the run has started, except `suspend`."""
+
+    taxonomy_ref: TaxonomyReference
+    """The Taxonomy to generate from; the run waits until it is Ready."""
+    teacher: Teacher
+    """The teacher model."""
+    pipeline: PipelineSpec = Field(default_factory=PipelineSpec)
+    """The generation pipeline."""
+    leaves: Literal["changed", "all"] = "changed"
+    """Generate for the Taxonomy's changed leaves or all leaves."""
+    scale: ScaleSpec = Field(default_factory=ScaleSpec)
+    """Amount of data and teacher concurrency."""
+    mixing: MixingSpec = Field(default_factory=MixingSpec)
+    """Assembly of the phase datasets."""
+    output: ArtifactURI | None = None
+    """Where the datasets are written; under the operator's default artifact claim when unset."""
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    """Placement of the generator pod."""
+
+
+class DatasetOutput(ApiModel):
+    """A dataset the run produced."""
+
+    uri: ArtifactURI
+    """Where it is."""
+    samples: Annotated[int, Field(ge=0)]
+    """Number of records."""
+    sha256: Sha256
+    """Digest of the file."""
+
+
+class GenerationOutputs(ApiModel):
+    """The datasets of a finished run."""
+
+    knowledge: DatasetOutput | None = None
+    """Phase-1 (knowledge) dataset."""
+    skills: DatasetOutput | None = None
+    """Phase-2 (skills with replay) dataset."""
+
+
+class GenerationProgress(ApiModel):
+    """Progress of a running generation."""
+
+    percent: Annotated[int, Field(ge=0, le=100)] = 0
+    """Leaves done, in percent."""
+    leaves_done: Annotated[int, Field(ge=0)] = 0
+    """Leaves finished."""
+    leaves_total: Annotated[int, Field(ge=0)] = 0
+    """Leaves to generate for."""
+    samples_generated: Annotated[int, Field(ge=0)] = 0
+    """Samples the teacher produced."""
+    samples_kept: Annotated[int, Field(ge=0)] = 0
+    """Samples that passed every filter."""
+
+
+class SyntheticDataRunStatus(StatusBase):
+    """Observed state of a SyntheticDataRun."""
+
+    state: RunState | None = None
+    """One-word summary of the conditions."""
+    taxonomy_revision: CommitSHA | None = None
+    """The taxonomy commit this run uses (pinned when it starts)."""
+    job_name: ObjectName | None = None
+    """The generator Job."""
+    progress: GenerationProgress | None = None
+    """Progress while running."""
+    outputs: GenerationOutputs | None = None
+    """The datasets, once succeeded."""
+    start_time: datetime | None = None
+    """When the generator Job was created; the spec is immutable from then on."""
+    completion_time: datetime | None = None
+    """When the run succeeded or failed."""
+
+
+class SyntheticDataRun(Resource):
+    """One LAB synthetic data generation: a teacher turns a taxonomy revision's seed examples and
+    knowledge documents into phase-1 (knowledge) and phase-2 (skills) training datasets."""
+
+    plural: ClassVar[str] = "syntheticdataruns"
+    short_names: ClassVar[tuple[str, ...]] = ("sdr",)
+    mutable_after_start: ClassVar[frozenset[str] | None] = frozenset({"suspend"})
+    printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn("State", "string", ".status.state"),
+        PrinterColumn("Taxonomy", "string", ".spec.taxonomyRef.name"),
+        PrinterColumn("Progress%", "integer", ".status.progress.percent"),
+        PrinterColumn("Kept", "integer", ".status.progress.samplesKept"),
+        PrinterColumn("Revision", "string", ".status.taxonomyRevision", priority=1),
+        PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', priority=1),
+    )
+
+    kind: Literal["SyntheticDataRun"] = "SyntheticDataRun"
+    spec: SyntheticDataRunSpec
+    status: SyntheticDataRunStatus | None = None

@@ -1,0 +1,326 @@
+"""The TuningJob kind: one phased tuning of a base model (LoRA, QLoRA or full)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from labtune.api.base import (
+    ApiModel,
+    ArtifactURI,
+    BatchSpec,
+    CommitSHA,
+    LabelName,
+    LocalObjectReference,
+    LongText,
+    ObjectName,
+    RunState,
+    SchedulingSpec,
+    Sha256,
+    StatusBase,
+    cel,
+    model_rules,
+    rules,
+)
+from labtune.api.resource import PrinterColumn, Resource
+from labtune.api.synthetic_data_run import DatasetOutput
+
+
+class BaseModelSpec(ApiModel):
+    """The model to tune."""
+
+    uri: ArtifactURI
+    """A Hugging Face model folder, or a `.gguf` file (dequantized on load)."""
+    chat_template: LongText | None = None
+    """Jinja chat template to use when the model's tokenizer has none."""
+
+
+class DataSpec(ApiModel):
+    """Training data: the outputs of a SyntheticDataRun, or dataset URIs given directly."""
+
+    model_config = model_rules(
+        cel(
+            "has(self.syntheticDataRunRef) != (has(self.knowledge) || has(self.skills))",
+            "set either data.syntheticDataRunRef or dataset URIs (data.knowledge / data.skills), "
+            "exactly one of the two",
+        )
+    )
+
+    synthetic_data_run_ref: LocalObjectReference | None = None
+    """Use the datasets of this SyntheticDataRun; the job waits until it has succeeded."""
+    knowledge: ArtifactURI | None = None
+    """JSONL dataset for phases that use `knowledge`."""
+    skills: ArtifactURI | None = None
+    """JSONL dataset for phases that use `skills`."""
+
+
+class LoraSpec(ApiModel):
+    """Low-rank adapter settings."""
+
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Adapter rank r."""
+    alpha: Annotated[float, Field(gt=0.0, le=4096.0)] = 32.0
+    """Scaling numerator (the update is scaled by alpha / rank)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the adapter input."""
+    target_modules: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128)]],
+        Field(min_length=1, max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt; `all-linear` adapts every linear layer but the output head."""
+
+
+class MethodSpec(ApiModel):
+    """How the weights are tuned."""
+
+    model_config = model_rules(
+        cel("self.type != 'full' || !has(self.lora)", "lora settings apply only to method.type lora or qlora")
+    )
+
+    type: Literal["lora", "qlora", "full"] = "lora"
+    """`lora`: adapter on the frozen base; `qlora`: adapter on a 4-bit base (CUDA only); `full`:
+    every weight is trained."""
+    lora: LoraSpec | None = None
+    """Adapter settings (defaults apply for lora and qlora when unset)."""
+
+
+class Phase(ApiModel):
+    """One training phase. Each phase starts from the result of the one before."""
+
+    model_config = model_rules(
+        cel(
+            "!(has(self.warmupSteps) && has(self.warmupRatio))",
+            "set at most one of warmupSteps or warmupRatio",
+        )
+    )
+
+    name: LabelName
+    """Phase name, unique within the job (e.g. `knowledge`, `skills`)."""
+    dataset: Literal["knowledge", "skills"]
+    """Which dataset the phase trains on."""
+    epochs: Annotated[int, Field(ge=1, le=100)] = 1
+    """Passes over the dataset."""
+    learning_rate: Annotated[
+        float,
+        Field(
+            json_schema_extra=rules(
+                cel("self > 0.0 && self <= 0.1", "learning rate must be greater than 0 and at most 0.1")
+            )
+        ),
+    ] = 2e-4
+    """Peak learning rate."""
+    effective_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 32
+    """Samples per optimizer step across all GPUs and nodes (gradient accumulation is derived)."""
+    max_seq_len: Annotated[int, Field(ge=64, le=262_144)] = 4096
+    """Longest sample in tokens; longer samples are dropped and counted."""
+    warmup_steps: Annotated[int, Field(ge=0)] | None = None
+    """Linear warm-up steps."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] | None = None
+    """Warm-up as a fraction of the phase's steps."""
+
+
+def _default_phases() -> list[Phase]:
+    return [
+        Phase(name="knowledge", dataset="knowledge", learning_rate=2e-4),
+        Phase(name="skills", dataset="skills", learning_rate=1e-4),
+    ]
+
+
+class EvaluationSpec(ApiModel):
+    """Held-out evaluation."""
+
+    held_out_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    """Fraction of each dataset kept out of training for evaluation loss."""
+
+
+class CheckpointSpec(ApiModel):
+    """Checkpointing."""
+
+    every_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    """Save every this many optimizer steps (and at each phase end and on preemption)."""
+    keep: Annotated[int, Field(ge=1, le=100)] = 3
+    """Checkpoints kept per phase besides the best one."""
+
+
+class OutputSpec(ApiModel):
+    """Where the result goes."""
+
+    uri: ArtifactURI | None = None
+    """Output folder; under the operator's default artifact claim when unset."""
+    merge_adapter: bool = False
+    """Also save the adapter merged into the base as a full model."""
+
+
+class TrainingResources(SchedulingSpec):
+    """Compute for the trainer: GPUs per node and number of nodes, plus placement."""
+
+    gpus_per_node: Annotated[int, Field(ge=0, le=16)] = 1
+    """GPUs per pod (`nvidia.com/gpu`); 0 trains on CPU."""
+    nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    """Pods (nodes) to train across; more than one runs torchrun over an Indexed Job."""
+
+
+class TuningJobSpec(BatchSpec):
+    """Desired state of a TuningJob. Immutable once the job has started, except `suspend`."""
+
+    model_config = model_rules(
+        cel(
+            "self.method.type != 'qlora' || self.resources.gpusPerNode > 0",
+            "method qlora needs CUDA GPUs: set resources.gpusPerNode to 1 or more",
+        ),
+        cel(
+            "has(self.data.syntheticDataRunRef) || self.phases.all(p, "
+            "(p.dataset == 'knowledge' && has(self.data.knowledge)) "
+            "|| (p.dataset == 'skills' && has(self.data.skills)))",
+            "every phase's dataset must be given: set data.knowledge / data.skills for the "
+            "datasets the phases use",
+        ),
+    )
+
+    base_model: BaseModelSpec
+    """The model to tune."""
+    data: DataSpec
+    """Training data."""
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    """LoRA, QLoRA or full fine-tune."""
+    phases: Annotated[
+        list[Phase],
+        Field(
+            max_length=8,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                **rules(cel("self.size() > 0", "phases must list at least one phase")),
+            },
+        ),
+    ] = Field(default_factory=_default_phases)
+    """Phases in order; knowledge then skills by default."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Held-out evaluation."""
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpointing."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where the adapter (and merged model) go."""
+    resources: TrainingResources = Field(default_factory=TrainingResources)
+    """GPUs, nodes and placement."""
+
+
+class TrainingProgress(ApiModel):
+    """Progress of a running job."""
+
+    percent: Annotated[int, Field(ge=0, le=100)] = 0
+    """Steps done over all phases, in percent."""
+    step: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps done over all phases."""
+    total_steps: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps over all phases."""
+    epoch: Annotated[float, Field(ge=0.0)] = 0.0
+    """Epoch within the current phase (fractional)."""
+    eta_seconds: Annotated[int, Field(ge=0)] | None = None
+    """Estimated seconds until done."""
+
+
+class TrainingMetrics(ApiModel):
+    """Latest training metrics."""
+
+    loss: float | None = None
+    """Training loss."""
+    eval_loss: float | None = None
+    """Held-out loss at the last evaluation."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: float | None = None
+    """Trained (non-padding) tokens per second, all workers."""
+
+
+class CheckpointRecord(ApiModel):
+    """A saved checkpoint."""
+
+    phase: LabelName
+    """Phase it belongs to."""
+    step: Annotated[int, Field(ge=0)]
+    """Optimizer step within the phase."""
+    uri: ArtifactURI
+    """Where it is."""
+    eval_loss: float | None = None
+    """Held-out loss at this checkpoint."""
+
+
+class TuningOutput(ApiModel):
+    """The result of a succeeded job."""
+
+    adapter: ArtifactURI | None = None
+    """The adapter (LoRA/QLoRA)."""
+    adapter_sha256: Sha256 | None = None
+    """Digest of the adapter weights."""
+    model: ArtifactURI | None = None
+    """The full model (full fine-tune, or the merged adapter when asked)."""
+    model_sha256: Sha256 | None = None
+    """Digest of the model weights."""
+
+
+class Lineage(ApiModel):
+    """Everything needed to rebuild the result."""
+
+    taxonomy_revision: CommitSHA | None = None
+    """Taxonomy commit the data came from."""
+    datasets: Annotated[list[DatasetOutput], Field(max_length=8)] = Field(default_factory=list)
+    """Datasets trained on, with digests."""
+    base_model: ArtifactURI | None = None
+    """The base model."""
+    config_sha256: Sha256 | None = None
+    """Digest of the trainer config handed to the pod."""
+
+
+class TuningJobStatus(StatusBase):
+    """Observed state of a TuningJob."""
+
+    state: RunState | None = None
+    """One-word summary of the conditions."""
+    current_phase: LabelName | None = None
+    """The phase training now."""
+    job_name: ObjectName | None = None
+    """The trainer Job."""
+    progress: TrainingProgress | None = None
+    """Progress while running."""
+    metrics: TrainingMetrics | None = None
+    """Latest metrics."""
+    checkpoints: Annotated[list[CheckpointRecord], Field(max_length=64)] = Field(default_factory=list)
+    """Checkpoints saved."""
+    output: TuningOutput | None = None
+    """The result, once succeeded."""
+    lineage: Lineage | None = None
+    """Inputs of the run."""
+    restarts: Annotated[int, Field(ge=0)] = 0
+    """Trainer pods restarted (failures and preemptions)."""
+    gpu_seconds: Annotated[float, Field(ge=0.0)] = 0.0
+    """GPU time used, over all pods."""
+    start_time: datetime | None = None
+    """When the trainer Job was created; the spec is immutable from then on."""
+    completion_time: datetime | None = None
+    """When the job succeeded or failed."""
+
+
+class TuningJob(Resource):
+    """One phased tuning of a base model on LAB data (knowledge, then skills with replay), with
+    LoRA, QLoRA or a full fine-tune, on GPUs or CPU."""
+
+    plural: ClassVar[str] = "tuningjobs"
+    short_names: ClassVar[tuple[str, ...]] = ("tj",)
+    mutable_after_start: ClassVar[frozenset[str] | None] = frozenset({"suspend"})
+    printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn("State", "string", ".status.state"),
+        PrinterColumn("Method", "string", ".spec.method.type"),
+        PrinterColumn("Phase", "string", ".status.currentPhase"),
+        PrinterColumn("Progress%", "integer", ".status.progress.percent"),
+        PrinterColumn("Loss", "number", ".status.metrics.loss"),
+        PrinterColumn("Eval-Loss", "number", ".status.metrics.evalLoss", priority=1),
+        PrinterColumn("GPUs", "integer", ".spec.resources.gpusPerNode", priority=1),
+        PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', priority=1),
+    )
+
+    kind: Literal["TuningJob"] = "TuningJob"
+    spec: TuningJobSpec
+    status: TuningJobStatus | None = None

@@ -1,0 +1,1 @@
+"""labtune.operator: kopf handlers, builders of child objects, status and metrics."""

@@ -1,0 +1,396 @@
+"""The labtune.io CRDs on a real kube-apiserver: examples accepted, bad input rejected with the
+intended message, immutability once started, the status subresource, kubectl columns and explain."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from labtune.api import GROUP, KINDS, VERSION
+
+pytestmark = pytest.mark.usefixtures("labtune_crds")
+
+ROOT = Path(__file__).resolve().parents[2]
+PLURALS = {k.kind_name(): k.plural for k in KINDS}
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
+
+TAXONOMY: dict[str, Any] = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "Taxonomy",
+    "metadata": {"name": "tax"},
+    "spec": {"source": {"git": {"url": "https://example.com/org/taxonomy.git", "ref": {"branch": "main"}}}},
+}
+RUN: dict[str, Any] = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "SyntheticDataRun",
+    "metadata": {"name": "run"},
+    "spec": {
+        "taxonomyRef": {"name": "tax"},
+        "teacher": {"endpoint": {"url": "http://teacher:8000/v1", "model": "teacher"}},
+    },
+}
+JOB: dict[str, Any] = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "TuningJob",
+    "metadata": {"name": "job"},
+    "spec": {
+        "baseModel": {"uri": "pvc://models/smollm2-135m"},
+        "data": {"knowledge": "pvc://data/knowledge.jsonl", "skills": "pvc://data/skills.jsonl"},
+    },
+}
+
+
+def _objects(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def _create(api_client: client.ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    plural = PLURALS[body["kind"]]
+    created: dict[str, Any] = _objects(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body
+    )
+    return created
+
+
+def _with(base: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    body = copy.deepcopy(base)
+    change(body["spec"])
+    return body
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A change that sets spec.<path> (dotted; list indexes as numbers)."""
+
+    def change(spec: dict[str, Any]) -> None:
+        keys: list[Any] = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node: Any = spec
+        for key in keys[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else node[key]
+        node[keys[-1]] = value
+
+    return change
+
+
+def _phase(**fields: Any) -> dict[str, Any]:
+    return {"name": "knowledge", "dataset": "knowledge", **fields}
+
+
+BAD_INPUT = [
+    pytest.param(
+        TAXONOMY,
+        _set("source.git.url", "http://example.com/taxonomy.git"),
+        "git url must use https:// or ssh://",
+        id="taxonomy-http-url",
+    ),
+    pytest.param(
+        TAXONOMY,
+        _set("source.git.url", "file:///srv/taxonomy"),
+        "git url must use https:// or ssh://",
+        id="taxonomy-file-url",
+    ),
+    pytest.param(
+        TAXONOMY,
+        _set("source.git.ref", {"branch": "main", "tag": "v1"}),
+        "set exactly one of branch, tag or commit",
+        id="taxonomy-two-refs",
+    ),
+    pytest.param(
+        TAXONOMY,
+        _set("source.git.ref", {"commit": "HEAD~1"}),
+        "must be a git commit SHA",
+        id="taxonomy-bad-commit",
+    ),
+    pytest.param(
+        TAXONOMY, _set("interval", "5s"), "must be a duration of at least 30s", id="taxonomy-interval"
+    ),
+    pytest.param(
+        TAXONOMY,
+        _set("source.git.secretRef", {"name": "Git_Creds"}),
+        "must be a valid Kubernetes object name",
+        id="taxonomy-secret-name",
+    ),
+    pytest.param(
+        RUN,
+        _set("teacher.model", {"uri": "pvc://models/mixtral"}),
+        "set exactly one of teacher.endpoint (an OpenAI-compatible server) or teacher.model",
+        id="run-two-teachers",
+    ),
+    pytest.param(
+        RUN,
+        _set("teacher", {}),
+        "set exactly one of teacher.endpoint (an OpenAI-compatible server) or teacher.model",
+        id="run-no-teacher",
+    ),
+    pytest.param(
+        RUN,
+        _set("taxonomyRef.name", "My_Taxonomy"),
+        "must be a valid Kubernetes object name",
+        id="run-taxonomy-ref-name",
+    ),
+    pytest.param(
+        RUN,
+        _set("teacher.endpoint.url", "ftp://teacher/v1"),
+        "teacher endpoint url must be an http:// or https:// URL",
+        id="run-endpoint-scheme",
+    ),
+    pytest.param(
+        RUN,
+        _set("pipeline", {"builtin": "full", "configMapRef": {"name": "p", "key": "pipeline.yaml"}}),
+        "set either pipeline.builtin or pipeline.configMapRef, not both",
+        id="run-two-pipelines",
+    ),
+    pytest.param(
+        RUN, _set("scheduling.memory", "lots"), "must be a Kubernetes quantity such as 8Gi", id="run-memory"
+    ),
+    pytest.param(
+        JOB,
+        _set("baseModel.uri", "/models/granite"),
+        "must be an artifact URI: pvc://<claim>/<path> or s3://<bucket>/<key>",
+        id="job-model-uri",
+    ),
+    pytest.param(
+        JOB,
+        _set("data.syntheticDataRunRef", {"name": "run"}),
+        "set either data.syntheticDataRunRef or dataset URIs",
+        id="job-two-data-sources",
+    ),
+    pytest.param(JOB, _set("phases", []), "phases must list at least one phase", id="job-no-phases"),
+    pytest.param(
+        JOB,
+        _set("phases", [_phase(learningRate=0.5)]),
+        "learning rate must be greater than 0 and at most 0.1",
+        id="job-learning-rate",
+    ),
+    pytest.param(
+        JOB,
+        _set("phases", [_phase(warmupSteps=10, warmupRatio=0.1)]),
+        "set at most one of warmupSteps or warmupRatio",
+        id="job-two-warmups",
+    ),
+    pytest.param(
+        JOB,
+        _set("method", {"type": "lora", "lora": {"rank": 0}}),
+        "spec.method.lora.rank: Invalid value: 0: "
+        "spec.method.lora.rank in body should be greater than or equal to 1",
+        id="job-lora-rank",
+    ),
+    pytest.param(
+        JOB,
+        _set("method", {"type": "full", "lora": {"rank": 8}}),
+        "lora settings apply only to method.type lora or qlora",
+        id="job-full-with-lora",
+    ),
+    pytest.param(
+        JOB,
+        lambda spec: spec.update(method={"type": "qlora"}, resources={"gpusPerNode": 0}),
+        "method qlora needs CUDA GPUs: set resources.gpusPerNode to 1 or more",
+        id="job-qlora-cpu",
+    ),
+    pytest.param(
+        JOB,
+        _set("resources.nodes", 100),
+        "spec.resources.nodes in body should be less than or equal to 64",
+        id="job-nodes",
+    ),
+    pytest.param(
+        JOB,
+        lambda spec: spec["data"].pop("skills"),
+        "every phase's dataset must be given",
+        id="job-phase-without-dataset",
+    ),
+    pytest.param(
+        JOB,
+        _set("phases", [_phase(), _phase(epochs=2)]),
+        'spec.phases[1]: Duplicate value: {"name":"knowledge"}',
+        id="job-duplicate-phase",
+    ),
+    pytest.param(
+        JOB,
+        _set("phases", [_phase(name="Knowledge")]),
+        "must be a lowercase RFC 1123 label",
+        id="job-phase-name",
+    ),
+]
+
+
+@pytest.mark.parametrize(("base", "change", "message"), BAD_INPUT)
+def test_bad_input_is_rejected_with_a_clear_message(
+    api_client: client.ApiClient,
+    namespace: str,
+    base: dict[str, Any],
+    change: Callable[[dict[str, Any]], None],
+    message: str,
+) -> None:
+    with pytest.raises(ApiException) as rejected:
+        _create(api_client, namespace, _with(base, change))
+    assert rejected.value.status == 422
+    details = json.loads(rejected.value.body)["message"]
+    assert message in details
+
+
+def test_the_valid_bases_are_accepted(api_client: client.ApiClient, namespace: str) -> None:
+    # Guards the rejection tests: each fails for its own change, not for a broken base.
+    for body in (TAXONOMY, RUN, JOB):
+        _create(api_client, namespace, copy.deepcopy(body))
+
+
+def test_examples_are_accepted_and_defaulted(api_client: client.ApiClient, namespace: str) -> None:
+    created = {}
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        created[body["kind"]] = _create(api_client, namespace, body)
+    assert set(created) == set(PLURALS)
+    job = created["TuningJob"]["spec"]
+    assert job["checkpoints"]["keep"] == 3  # nested default filled in by the API server
+    assert job["evaluation"]["heldOutFraction"] == 0.05
+    run = created["SyntheticDataRun"]["spec"]
+    assert run["suspend"] is False
+    assert run["scale"]["samplesPerSeed"] == 30
+
+
+def test_defaults_fill_a_minimal_tuning_job(api_client: client.ApiClient, namespace: str) -> None:
+    spec = _create(api_client, namespace, copy.deepcopy(JOB))["spec"]
+    assert spec["method"] == {"type": "lora"}
+    assert [(p["name"], p["dataset"], p["learningRate"]) for p in spec["phases"]] == [
+        ("knowledge", "knowledge", 0.0002),
+        ("skills", "skills", 0.0001),
+    ]
+    assert spec["resources"]["gpusPerNode"] == 1
+    assert spec["backoffLimit"] == 3
+
+
+def _patch_status(
+    api_client: client.ApiClient, namespace: str, kind: str, name: str, status: dict[str, Any]
+) -> None:
+    _objects(api_client).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status}
+    )
+
+
+def _patch_spec(
+    api_client: client.ApiClient, namespace: str, kind: str, name: str, spec: dict[str, Any]
+) -> None:
+    _objects(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS[kind], name, {"spec": spec}
+    )
+
+
+@pytest.mark.parametrize("base", [RUN, JOB], ids=["SyntheticDataRun", "TuningJob"])
+def test_spec_is_immutable_once_started_except_suspend(
+    api_client: client.ApiClient, namespace: str, base: dict[str, Any]
+) -> None:
+    kind, name = base["kind"], base["metadata"]["name"]
+    _create(api_client, namespace, copy.deepcopy(base))
+    change = {"backoffLimit": 5}
+    _patch_spec(api_client, namespace, kind, name, change)  # not started: editable
+
+    _patch_status(api_client, namespace, kind, name, {"startTime": "2026-11-24T07:00:00Z"})
+    with pytest.raises(ApiException) as rejected:
+        _patch_spec(api_client, namespace, kind, name, {"backoffLimit": 6})
+    assert rejected.value.status == 422
+    assert f"spec is immutable once the {kind} has started" in json.loads(rejected.value.body)["message"]
+    with pytest.raises(ApiException):
+        _patch_spec(api_client, namespace, kind, name, {"activeDeadlineSeconds": 60})  # adding a field
+
+    _patch_spec(api_client, namespace, kind, name, {"suspend": True})
+    current = _objects(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS[kind], name
+    )
+    assert current["spec"]["suspend"] is True
+    assert current["spec"]["backoffLimit"] == 5
+
+
+def test_status_is_written_only_through_the_status_subresource(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    objects = _objects(api_client)
+    body = copy.deepcopy(JOB)
+    body["status"] = {"state": "Succeeded"}
+    created = _create(api_client, namespace, body)
+    assert "status" not in created  # dropped on create
+
+    created["status"] = {"state": "Failed"}
+    updated = objects.replace_namespaced_custom_object(
+        GROUP, VERSION, namespace, "tuningjobs", "job", created
+    )
+    assert "status" not in updated  # ignored on the main resource
+
+    _patch_status(api_client, namespace, "TuningJob", "job", {"state": "Running"})
+    current = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "tuningjobs", "job")
+    assert current["status"]["state"] == "Running"
+
+    with pytest.raises(ApiException) as rejected:
+        _patch_status(api_client, namespace, "TuningJob", "job", {"state": "Exploded"})
+    assert 'Unsupported value: "Exploded"' in json.loads(rejected.value.body)["message"]
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())  # explain wraps descriptions
+
+
+def _kubectl(kubeconfig: Path, *args: str) -> str:
+    result = subprocess.run(
+        [KUBECTL, f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_kubectl_shows_printer_columns(
+    api_client: client.ApiClient, namespace: str, kubeconfig: Path
+) -> None:
+    _create(api_client, namespace, copy.deepcopy(JOB))
+    _patch_status(
+        api_client,
+        namespace,
+        "TuningJob",
+        "job",
+        {
+            "state": "Running",
+            "currentPhase": "skills",
+            "progress": {"percent": 42, "step": 420, "totalSteps": 1000},
+            "metrics": {"loss": 1.25, "evalLoss": 1.5},
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "Running",
+                    "message": "training",
+                    "lastTransitionTime": "2026-11-24T07:00:00Z",
+                }
+            ],
+        },
+    )
+    table = _kubectl(kubeconfig, "get", "tj", "-n", namespace).splitlines()
+    assert table[0].split() == ["NAME", "STATE", "METHOD", "PHASE", "PROGRESS%", "LOSS", "AGE"]
+    assert table[1].split()[:6] == ["job", "Running", "lora", "skills", "42", "1.25"]
+    wide = _kubectl(kubeconfig, "get", "tuningjobs", "-n", namespace, "-o", "wide").splitlines()
+    assert wide[0].split()[-4:] == ["EVAL-LOSS", "GPUS", "READY", "AGE"]
+    assert wide[1].split()[-4:-1] == ["1.5", "1", "False"]
+
+    _create(api_client, namespace, copy.deepcopy(TAXONOMY))
+    everything = _kubectl(kubeconfig, "get", "labtune", "-n", namespace)  # the category
+    assert "taxonomy.labtune.io/tax" in everything
+    assert "tuningjob.labtune.io/job" in everything
+    assert "tax" in _kubectl(kubeconfig, "get", "tax", "-n", namespace)
+
+
+def test_kubectl_explain_teaches_the_fields(kubeconfig: Path, labtune_crds: list[str]) -> None:
+    spec = _kubectl(kubeconfig, "explain", "tuningjob.spec")
+    for field in ("baseModel", "data", "method", "phases", "resources", "suspend", "activeDeadlineSeconds"):
+        assert field in spec
+    assert "Immutable once the job has started, except `suspend`" in _words(spec)
+    rank = _kubectl(kubeconfig, "explain", "tuningjob.spec.method.lora.rank")
+    assert "Adapter rank r." in rank
+    url = _kubectl(kubeconfig, "explain", "taxonomy.spec.source.git.url")
+    assert "Repository URL: `https://…`, `ssh://…` or `git@host:org/repo.git`." in _words(url)

@@ -1,0 +1,1 @@
+"""labtune.trainer: phased PEFT and full tuning."""
