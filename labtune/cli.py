@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from labtune import __version__
+from labtune.devcluster.cli import dev
+from labtune.operator.cli import operator
 
 CRD_FOLDERS = ("crds", "charts/labtune/crds")
 
@@ -56,3 +58,7 @@ def crds_check(dirs: tuple[Path, ...]) -> None:
     except CrdDrift as drift:
         raise click.ClickException(str(drift)) from drift
     click.echo(f"CRDs in {', '.join(map(str, dirs))} match the models")
+
+
+main.add_command(dev)
+main.add_command(operator)

@@ -287,3 +287,20 @@ class StatusBase(ApiModel):
     """The `.metadata.generation` the status reflects."""
     conditions: Conditions = Field(default_factory=list)
     """Current conditions; `Ready` summarises them."""
+
+
+class RunStatusBase(StatusBase):
+    """Status fields of the run-to-completion kinds (SyntheticDataRun, TuningJob)."""
+
+    state: RunState | None = None
+    """One-word summary of the conditions."""
+    job_name: Annotated[str, Field(max_length=63)] | None = None
+    """The child Job."""
+    restarts: Annotated[int, Field(ge=0)] = 0
+    """Pods that failed or were preempted and replaced."""
+    gpu_seconds: Annotated[float, Field(ge=0.0)] = 0.0
+    """GPU time used by all pods (set when the run finishes)."""
+    start_time: datetime | None = None
+    """When the child Job was created; the spec is immutable from then on."""
+    completion_time: datetime | None = None
+    """When the run succeeded or failed."""

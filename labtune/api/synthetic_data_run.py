@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -14,11 +13,10 @@ from labtune.api.base import (
     CommitSHA,
     ConfigMapKeyReference,
     ObjectName,
-    RunState,
+    RunStatusBase,
     SchedulingSpec,
     SecretKeyReference,
     Sha256,
-    StatusBase,
     cel,
     exactly_one,
     model_rules,
@@ -199,23 +197,15 @@ class GenerationProgress(ApiModel):
     """Samples that passed every filter."""
 
 
-class SyntheticDataRunStatus(StatusBase):
+class SyntheticDataRunStatus(RunStatusBase):
     """Observed state of a SyntheticDataRun."""
 
-    state: RunState | None = None
-    """One-word summary of the conditions."""
     taxonomy_revision: CommitSHA | None = None
     """The taxonomy commit this run uses (pinned when it starts)."""
-    job_name: ObjectName | None = None
-    """The generator Job."""
     progress: GenerationProgress | None = None
     """Progress while running."""
     outputs: GenerationOutputs | None = None
     """The datasets, once succeeded."""
-    start_time: datetime | None = None
-    """When the generator Job was created; the spec is immutable from then on."""
-    completion_time: datetime | None = None
-    """When the run succeeded or failed."""
 
 
 class SyntheticDataRun(Resource):

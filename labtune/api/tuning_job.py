@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -15,11 +14,9 @@ from labtune.api.base import (
     LabelName,
     LocalObjectReference,
     LongText,
-    ObjectName,
-    RunState,
+    RunStatusBase,
     SchedulingSpec,
     Sha256,
-    StatusBase,
     cel,
     model_rules,
     rules,
@@ -274,15 +271,11 @@ class Lineage(ApiModel):
     """Digest of the trainer config handed to the pod."""
 
 
-class TuningJobStatus(StatusBase):
+class TuningJobStatus(RunStatusBase):
     """Observed state of a TuningJob."""
 
-    state: RunState | None = None
-    """One-word summary of the conditions."""
     current_phase: LabelName | None = None
     """The phase training now."""
-    job_name: ObjectName | None = None
-    """The trainer Job."""
     progress: TrainingProgress | None = None
     """Progress while running."""
     metrics: TrainingMetrics | None = None
@@ -293,14 +286,6 @@ class TuningJobStatus(StatusBase):
     """The result, once succeeded."""
     lineage: Lineage | None = None
     """Inputs of the run."""
-    restarts: Annotated[int, Field(ge=0)] = 0
-    """Trainer pods restarted (failures and preemptions)."""
-    gpu_seconds: Annotated[float, Field(ge=0.0)] = 0.0
-    """GPU time used, over all pods."""
-    start_time: datetime | None = None
-    """When the trainer Job was created; the spec is immutable from then on."""
-    completion_time: datetime | None = None
-    """When the job succeeded or failed."""
 
 
 class TuningJob(Resource):

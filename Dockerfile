@@ -1,0 +1,18 @@
+# The operator image: `labtune operator run` with the [operator] extra, as a non-root user.
+# Build: docker build -t ghcr.io/labtune/operator:0.1.0 .
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY labtune labtune
+COPY operator operator
+COPY generator generator
+COPY trainer trainer
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir "$(ls /wheels/labtune-*.whl)[operator]" && rm -rf /wheels \
+ && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin labtune
+USER 65532:65532
+ENTRYPOINT ["labtune"]
+CMD ["operator", "run", "--all-namespaces"]

@@ -1,0 +1,89 @@
+"""What every job pod shares: config loading, artifact paths, the termination summary, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Final, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+CONTRACT_VERSION: Final = "v1"
+
+# Exit codes. The operator's pod failure policy fails the Job at once on a configuration error
+# (retrying cannot help) and does not count a preemption (the pod saved its state first).
+EXIT_FAILED = 1
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint
+EXIT_CONFIG_ERROR = 78  # sysexits EX_CONFIG: bad config or input data
+
+SUMMARY_LIMIT_BYTES = 4096  # the kubelet truncates termination messages beyond this
+DEFAULT_METRICS_PORT = 9090
+
+
+class ConfigError(Exception):
+    """Bad configuration or input: the pod exits with EXIT_CONFIG_ERROR and this one-line message."""
+
+
+class ContractModel(BaseModel):
+    """camelCase on the wire like the API; unknown keys are an error (a typo must not be ignored)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class PodConfig(ContractModel):
+    """Fields every job pod's config has."""
+
+    contract_version: Literal["v1"] = CONTRACT_VERSION
+    artifact_root: str = "/artifacts"
+    """Where `pvc://<claim>/…` URIs are mounted: claim <claim> at <artifactRoot>/<claim>."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_METRICS_PORT
+    """Port of the Prometheus /metrics endpoint while the pod runs; 0 disables it."""
+    termination_log: str = "/dev/termination-log"
+    """Where the final JSON summary goes."""
+
+
+ConfigT = TypeVar("ConfigT", bound=PodConfig)
+
+
+def load_config(path: Path, model: type[ConfigT]) -> ConfigT:
+    """Reads a YAML or JSON config file; any problem becomes one ConfigError line naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from error
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"config {path} is invalid: {problems}") from error
+
+
+def resolve_artifact(uri: str, artifact_root: str | Path) -> Path:
+    """The local path of an artifact URI: `pvc://claim/a/b` -> <artifact_root>/claim/a/b."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return Path(uri)  # a plain local path, for runs by hand
+    if scheme != "pvc":
+        raise ConfigError(f"artifact {uri}: only pvc:// URIs are supported so far (s3:// is planned)")
+    claim, _, relative = rest.partition("/")
+    if not claim or ".." in Path(relative).parts:
+        raise ConfigError(f"artifact {uri}: expected pvc://<claim>/<path> without '..'")
+    return Path(artifact_root) / claim / relative
+
+
+def write_summary(summary: BaseModel, path: str | Path) -> str:
+    """Writes the summary JSON to the termination log and returns it; it must fit the kubelet's
+    4 KiB limit (callers keep lists short and put full detail in artifacts)."""
+    data = summary.model_dump(mode="json", by_alias=True, exclude_none=True)
+    text = json.dumps(data, separators=(",", ":"))
+    size = len(text.encode())
+    if size > SUMMARY_LIMIT_BYTES:
+        raise ValueError(f"summary is {size} bytes; the termination log holds {SUMMARY_LIMIT_BYTES}")
+    Path(path).write_text(text)
+    return text

@@ -1,0 +1,101 @@
+"""Config and summary of the SyntheticDataRun pod (`labtune generate --config FILE`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from labtune.api.synthetic_data_run import GenerationOutputs, MixingSpec, ScaleSpec
+from labtune.contract.common import ContractModel, PodConfig
+from labtune.contract.taxonomy import GitCheckout
+
+
+class TeacherConfig(ContractModel):
+    """The teacher backend. `openai`: any OpenAI-compatible server (also the vLLM sidecar on
+    localhost); `transformers`: in-process on CPU, for tests and small runs."""
+
+    backend: Literal["openai", "transformers"] = "openai"
+    model: str
+    """Model name to request (openai), or a local path / artifact URI of the weights (transformers):
+    a Hugging Face folder or a .gguf file."""
+    url: str | None = None
+    """Base URL of the OpenAI-compatible API, e.g. `http://localhost:8000/v1` (openai)."""
+    api: Literal["chat", "completions"] = "chat"
+    """Which API the openai backend calls; `completions` sends the prompt as it is rendered."""
+    api_key_env: str | None = "LABTUNE_TEACHER_API_KEY"
+    """Environment variable holding the API key (the operator fills it from a secretKeyRef)."""
+    api_key_file: str | None = None
+    """File holding the API key; takes precedence over api_key_env."""
+    ca_file: str | None = None
+    """PEM CA bundle for a private TLS endpoint."""
+    max_concurrency: Annotated[int, Field(ge=1)] = 32
+    """Requests in flight at once (openai)."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    max_retries: Annotated[int, Field(ge=0)] = 5
+    """Retries of a failed request, with exponential backoff, before the run stops (openai)."""
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    """Prompts per generate call (transformers)."""
+    tokenizer: str | None = None
+    """Tokenizer for chunking documents (a Hugging Face folder or a .gguf, path or artifact URI);
+    the transformers teacher's own when unset, else about four characters per token."""
+
+
+class PipelineRef(ContractModel):
+    """A built-in pipeline by name, or a pipeline YAML file (e.g. a mounted ConfigMap key)."""
+
+    builtin: Literal["simple", "full"] | None = None
+    path: str | None = None
+    """Pipeline YAML file; prompt files it names are relative to it."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PipelineRef:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("set exactly one of pipeline.builtin or pipeline.path")
+        return self
+
+
+class GenerateConfig(PodConfig):
+    """What the generator pod does."""
+
+    kind: Literal["Generate"] = "Generate"
+    taxonomy: GitCheckout
+    """The taxonomy repository, pinned to the run's commit."""
+    base: str = "empty"
+    leaves: Literal["changed", "all"] = "changed"
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    teacher: TeacherConfig
+    pipeline: PipelineRef = Field(default_factory=lambda: PipelineRef(builtin="simple"))
+    scale: ScaleSpec = Field(default_factory=ScaleSpec)
+    mixing: MixingSpec = Field(default_factory=MixingSpec)
+    output: str
+    """Artifact URI of the output folder (datasets, per-leaf checkpoints, the full report)."""
+
+
+class LeafSummary(ContractModel):
+    """Samples kept after each stage for one leaf."""
+
+    path: str
+    stages: dict[str, int]
+
+
+class GenerateSummary(ContractModel):
+    """The termination-log summary."""
+
+    taxonomy_commit: str
+    teacher_model: str
+    pipeline: str = ""
+    outputs: GenerationOutputs
+    leaves_done: int = 0
+    leaves_total: int = 0
+    samples_generated: int = 0
+    """Rows the generation stages produced (before filters)."""
+    samples_kept: int = 0
+    """Samples that passed every filter."""
+    stages: dict[str, int] = Field(default_factory=dict)
+    """Samples kept after each pipeline stage, summed over leaves."""
+    leaves: list[LeafSummary] = Field(default_factory=list)
+    """Per leaf, as many as fit the termination log (all of them are in the report)."""
+    report: str = ""
+    """Artifact URI of the full JSON report (every leaf, every stage, drops by reason)."""

@@ -1,0 +1,66 @@
+"""The operator's own Prometheus metrics (namespace `labtune_`, low cardinality: kind, state,
+outcome, namespace — never a resource name)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RECONCILIATIONS = Counter(
+    "labtune_reconciliations", "Reconciliations by kind and result (ok, error).", ["kind", "result"]
+)
+RECONCILE_SECONDS = Histogram(
+    "labtune_reconcile_duration_seconds",
+    "Time spent in one reconciliation.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOB_SECONDS = Histogram(
+    "labtune_job_duration_seconds",
+    "Run time of finished child Jobs by kind and outcome (Succeeded, Failed).",
+    ["kind", "outcome"],
+    buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800),
+)
+GPU_SECONDS = Counter("labtune_gpu_seconds", "GPU time of finished runs.", ["namespace", "kind"])
+
+
+class ResourceStates(Collector):
+    """`labtune_resources{kind,state}`: how many resources of each kind are in each state, from the
+    state each reconciliation last saw."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[tuple[str, str, str], str] = {}
+
+    def set(self, kind: str, namespace: str, name: str, state: str) -> None:
+        with self._lock:
+            self._states[(kind, namespace, name)] = state
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._states.pop((kind, namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            tally = Tally((kind, state) for (kind, _, _), state in self._states.items())
+        family = GaugeMetricFamily(
+            "labtune_resources", "Resources by kind and state.", labels=["kind", "state"]
+        )
+        for (kind, state), count in sorted(tally.items()):
+            family.add_metric([kind, state], count)
+        yield family
+
+
+RESOURCE_STATES = ResourceStates()
+REGISTRY.register(RESOURCE_STATES)
+
+
+def serve(port: int) -> None:
+    """Serves /metrics of the default registry on a background thread."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,54 @@
+"""Progress of running runs: read the job pod's /metrics and write what it says into status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from labtune.api.resource import Resource
+from labtune.operator.kube import Kube
+from labtune.operator.naming import selector
+from labtune.operator.observe import running_pods
+from labtune.operator.runs import JOB_NAME_LABEL
+from labtune.operator.scrape import Samples, scrape
+from labtune.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _first_worker(pods: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    # Rank 0 (completion index 0 of an Indexed Job) reports for the whole run.
+    return min(pods, key=lambda p: int((p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, 0)))
+
+
+def refresh_progress(
+    kube: Kube,
+    body: Mapping[str, Any],
+    resource: type[Resource],
+    settings: OperatorSettings,
+    to_status: Callable[[Samples], dict[str, Any]],
+) -> bool:
+    """Scrapes the running pod and patches the status fields derived from its metrics; True when
+    status changed. An unreachable pod is not an error: the next tick tries again."""
+    meta, status = body["metadata"], body.get("status") or {}
+    job_name = status.get("jobName")
+    if not job_name:
+        return False
+    pods = running_pods(
+        kube.list_pods(meta["namespace"], {**selector(body["kind"], meta["name"]), JOB_NAME_LABEL: job_name})
+    )
+    if not pods:
+        return False
+    pod = _first_worker(pods)
+    try:
+        samples = scrape(pod["status"]["podIP"], settings.job_metrics_port)
+    except (OSError, ValueError) as error:
+        log.info("metrics of pod %s not readable yet: %s", pod["metadata"]["name"], error)
+        return False
+    fields = to_status(samples)
+    if not fields or all(status.get(key) == value for key, value in fields.items()):
+        return False
+    kube.patch_status(resource, meta["namespace"], meta["name"], fields)
+    return True

@@ -1,0 +1,167 @@
+"""The reconcile loop shared by the run-to-completion kinds (SyntheticDataRun, TuningJob).
+
+Level-triggered: every call reads the resource, its dependency and its child Job, and writes
+the status that follows from them. Calling it twice in a row changes nothing the second time;
+children have deterministic names, so a restarted operator adopts what it made before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from labtune.api.resource import Resource
+from labtune.operator import conditions as cond
+from labtune.operator.conditions import RunOutcome
+from labtune.operator.kube import Kube
+from labtune.operator.naming import selector
+from labtune.operator.observe import JobView, failure_detail, termination_message, view_job
+from labtune.operator.settings import OperatorSettings
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The run cannot start yet (or at all, when stalled): a dependency is missing or not ready."""
+
+    reason: str
+    message: str
+    stalled: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The children a run needs (the Job last) and status fields fixed when it starts."""
+
+    job_name: str
+    children: tuple[Mapping[str, Any], ...]
+    pinned: Mapping[str, Any] = field(default_factory=dict)
+
+
+class RunKind(Protocol):
+    """What a run kind contributes to the shared loop."""
+
+    resource: type[Resource]
+
+    def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting: ...
+
+    def finished_status(self, summary: str) -> dict[str, Any]:
+        """Status fields from the pod's termination summary; ValueError when it is not valid."""
+        ...
+
+    def gpus(self, spec: Mapping[str, Any]) -> int:
+        """GPUs the run's pods hold together, for GPU-seconds accounting."""
+        ...
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change of state worth an Event (and a metric)."""
+
+    old_state: str | None
+    outcome: RunOutcome
+    duration_s: float | None = None
+    gpu_seconds: float = 0.0
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def _job_outcome(view: JobView, pods: list[dict[str, Any]], want_suspend: bool) -> RunOutcome:
+    if view.failed:
+        detail = failure_detail(pods)
+        message = f"{view.message} ({detail})" if detail else view.message
+        return RunOutcome("Failed", view.reason or "JobFailed", message)
+    if want_suspend:
+        return RunOutcome("Suspended", "Suspended", f"Job {view.name} is suspended", suspended=True)
+    if view.ready:
+        return RunOutcome(
+            "Running", "JobRunning", f"Job {view.name}: {view.ready} of {view.active} pod(s) running"
+        )
+    if view.active:
+        return RunOutcome("Pending", "PodsStarting", f"Job {view.name}: {view.active} pod(s) starting")
+    return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
+
+
+def reconcile_run(
+    kube: Kube, body: Mapping[str, Any], kind: RunKind, settings: OperatorSettings, timestamp: str
+) -> Transition | None:
+    """Brings one run's children and status in line with what exists; returns the transition
+    when the state changed."""
+    meta, spec = body["metadata"], body["spec"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
+    old: dict[str, Any] = dict(body.get("status") or {})
+    if old.get("completionTime"):
+        return None  # finished runs are final; their children may already be gone (TTL)
+
+    status: dict[str, Any] = {"observedGeneration": generation}
+    job_name = old.get("jobName")
+    job = kube.get_job(namespace, job_name) if job_name else None
+    if job is None:
+        plan = kind.plan(kube, body, settings)
+        if isinstance(plan, Waiting):
+            outcome = RunOutcome("Waiting", plan.reason, plan.message, stalled=plan.stalled)
+            return _write(kube, kind, body, old, status, outcome, generation, timestamp)
+        job = [kube.ensure(child)[0] for child in plan.children][-1]
+        if job_name and old.get("startTime"):
+            status["restarts"] = old.get("restarts", 0) + 1  # the Job was deleted under a started run
+        status.update(plan.pinned)
+        status.update({"jobName": plan.job_name, "startTime": old.get("startTime") or timestamp})
+    assert job is not None
+
+    want_suspend = bool(spec.get("suspend"))
+    view = view_job(job)
+    if view.suspended != want_suspend and not (view.complete or view.failed):
+        kube.set_job_suspend(namespace, view.name, want_suspend)
+    pods = kube.list_pods(namespace, {**selector(body["kind"], name), JOB_NAME_LABEL: view.name})
+    status["restarts"] = max(status.get("restarts", old.get("restarts", 0)), view.failed_pods)
+
+    if view.complete:
+        try:
+            status.update(kind.finished_status(termination_message(pods, "Succeeded") or ""))
+        except ValueError as error:
+            outcome = RunOutcome(
+                "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {error}"
+            )
+        else:
+            outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed")
+        status["completionTime"] = view.completion_time or timestamp
+    else:
+        outcome = _job_outcome(view, pods, want_suspend)
+        if outcome.state == "Failed":
+            status["completionTime"] = timestamp
+    return _write(kube, kind, body, old, status, outcome, generation, timestamp, view)
+
+
+def _write(
+    kube: Kube,
+    kind: RunKind,
+    body: Mapping[str, Any],
+    old: dict[str, Any],
+    status: dict[str, Any],
+    outcome: RunOutcome,
+    generation: int,
+    timestamp: str,
+    view: JobView | None = None,
+) -> Transition | None:
+    status["state"] = outcome.state
+    status["conditions"] = cond.run_conditions(old.get("conditions") or [], outcome, generation, timestamp)
+    duration = _seconds_between(view.start_time if view else None, status.get("completionTime"))
+    gpu_seconds = (duration or 0.0) * kind.gpus(body["spec"])
+    if "completionTime" in status:
+        status["gpuSeconds"] = round(gpu_seconds, 1)
+    if all(old.get(key) == value for key, value in status.items()):
+        return None  # nothing changed: no write, no event
+    meta = body["metadata"]
+    kube.patch_status(kind.resource, meta["namespace"], meta["name"], status)
+    old_reason = (cond.find(old.get("conditions") or [], "Ready") or {}).get("reason")
+    if old.get("state") == outcome.state and old_reason == outcome.reason:
+        return None
+    return Transition(old.get("state"), outcome, duration, gpu_seconds)

@@ -1,0 +1,100 @@
+"""Starting the operator: kopf settings (own finalizer and storage under labtune.io, watch
+timeouts, worker threads), the API client, the handlers, metrics and liveness endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+import kopf
+
+from labtune.api import GROUP
+from labtune.operator import metrics
+from labtune.operator.handlers import jobs, synthetic_data_run, taxonomy, tuning_job
+from labtune.operator.kube import Kube, api_client
+from labtune.operator.settings import OperatorSettings
+
+FINALIZER = f"{GROUP}/finalizer"
+# kopf's default is no timeout: a watch connection that silently dies is never noticed. The server
+# ends each watch within this window and kopf reconnects.
+WATCH_SERVER_TIMEOUT_S = 300
+WATCH_CLIENT_TIMEOUT_S = 330
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    for module in (taxonomy, synthetic_data_run, tuning_job, jobs):
+        module.register(registry, settings)
+    return registry
+
+
+def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
+    kopf_settings.persistence.finalizer = FINALIZER
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    kopf_settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
+    kopf_settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
+    kopf_settings.watching.connect_timeout = 30
+    kopf_settings.execution.max_workers = settings.workers
+    kopf_settings.posting.level = logging.INFO  # Events for transitions, not for every debug line
+    kopf_settings.networking.request_timeout = 60
+
+
+def run(settings: OperatorSettings) -> None:
+    """Runs the operator until it is stopped (SIGTERM/SIGINT)."""
+    registry = build_registry(settings)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings, operator_settings)
+        memo.kube = Kube(api_client(operator_settings.kubeconfig, operator_settings.workers))
+        memo.settings = operator_settings
+        metrics.serve(operator_settings.metrics_port)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if operator_settings.kubeconfig:
+            return _login_from_kubeconfig(operator_settings.kubeconfig)
+        return kopf.login_via_client(**kwargs)
+
+    operator_settings = settings
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers))
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(
+        kopf.operator(
+            registry=registry,
+            standalone=True,  # no peering objects; run one replica (the chart's Deployment does)
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=liveness,
+        )
+    )
+
+
+def _login_from_kubeconfig(path: str) -> kopf.ConnectionInfo:
+    """kopf's connection from an explicit kubeconfig file (tests, the local demo)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    load = config.load_kube_config
+    load(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    api_key = configuration.api_key or {}
+    token = (api_key.get("BearerToken") or api_key.get("authorization") or "").removeprefix(
+        "Bearer "
+    ).strip() or None
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        token=token,
+        scheme="Bearer" if token else None,
+        default_namespace="default",
+    )

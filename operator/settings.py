@@ -1,0 +1,43 @@
+"""Operator settings: images, artifact storage, ports and intervals (from `labtune operator run`
+options or their LABTUNE_* environment variables)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labtune import __version__
+
+
+class OperatorSettings(BaseModel):
+    """How the operator runs and what it puts into the pods it creates."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; every namespace when empty."""
+    kubeconfig: str | None = None
+    """Kubeconfig to use; in-cluster config (or $KUBECONFIG) when unset."""
+    generator_image: str = f"ghcr.io/labtune/generator:{__version__}"
+    trainer_image: str = f"ghcr.io/labtune/trainer:{__version__}"
+    vllm_image: str = "docker.io/vllm/vllm-openai:v0.11.0"
+    image_pull_policy: str = "IfNotPresent"
+    artifact_claim: str = "labtune-artifacts"
+    """PersistentVolumeClaim (in the resource's namespace) for outputs whose URI the spec leaves unset."""
+    artifact_root: str = "/artifacts"
+    """Where claims are mounted in job pods: claim C at <artifact_root>/C."""
+    job_service_account: str | None = None
+    """ServiceAccount of job pods (they need no API access; the namespace default when unset)."""
+    job_metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9090
+    """Port job pods serve /metrics on; the operator reads progress from it."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    """Port of the operator's own /metrics; 0 disables it."""
+    liveness_port: Annotated[int, Field(ge=0, le=65535)] = 8081
+    """Port of the operator's /healthz; 0 disables it."""
+    scrape_interval: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds between reads of running pods' /metrics into status."""
+    resync_interval: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds between level-triggered re-reconciliations of every resource."""
+    workers: Annotated[int, Field(ge=1, le=256)] = 16
+    """Handler threads."""

@@ -1,0 +1,216 @@
+"""TuningJob: the trainer config, the trainer Job (an Indexed Job plus a headless Service and the
+torchrun rendezvous across nodes), and status from the trainer's summary and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from labtune.api import SyntheticDataRun, TuningJob
+from labtune.api.resource import Resource
+from labtune.api.synthetic_data_run import SyntheticDataRunStatus
+from labtune.contract import metrics as m
+from labtune.contract.train import Datasets, ModelSource, TrainConfig, TrainSummary
+from labtune.operator.jobs import build_config_map, build_headless_service, build_job
+from labtune.operator.kube import Kube
+from labtune.operator.naming import child_labels, child_metadata, child_name, default_output, selector
+from labtune.operator.podspec import CONFIG_PATH, PodRequest, build_pod_template
+from labtune.operator.runs import Plan, Waiting
+from labtune.operator.scrape import Samples
+from labtune.operator.settings import OperatorSettings
+
+COMPONENT = "trainer"
+RENDEZVOUS_PORT = 29500
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def build_train_config(
+    job: TuningJob, datasets: Datasets, output: str, settings: OperatorSettings
+) -> TrainConfig:
+    """The trainer's config file, rendered from the spec."""
+    spec = job.spec
+    return TrainConfig(
+        artifact_root=settings.artifact_root,
+        metrics_port=settings.job_metrics_port,
+        base_model=ModelSource(uri=spec.base_model.uri, chat_template=spec.base_model.chat_template),
+        datasets=datasets,
+        method=spec.method,
+        phases=spec.phases,
+        evaluation=spec.evaluation,
+        checkpoints=spec.checkpoints,
+        output=output,
+        merge_adapter=spec.output.merge_adapter,
+    )
+
+
+def _launch(
+    job: TuningJob, job_name: str
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[dict[str, Any], ...]]:
+    """Command, args and env of the trainer: one process, or torchrun across GPUs and nodes."""
+    train = ("labtune", "train", "--config", CONFIG_PATH)
+    resources = job.spec.resources
+    if resources.nodes == 1 and resources.gpus_per_node <= 1:
+        return ("labtune",), train[1:], ()
+    per_node = f"--nproc-per-node={max(resources.gpus_per_node, 1)}"
+    if resources.nodes == 1:
+        return ("torchrun",), ("--standalone", per_node, "--no-python", *train), ()
+    env = (
+        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        # Pods of an Indexed Job with a subdomain resolve as <job>-<index>.<service>.
+        {"name": "MASTER_ADDR", "value": f"{job_name}-0.{job_name}"},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": "NNODES", "value": str(resources.nodes)},
+    )
+    args = (
+        f"--nnodes={resources.nodes}",
+        per_node,
+        "--node-rank=$(NODE_RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        f"--master-port={RENDEZVOUS_PORT}",
+        "--no-python",
+        *train,
+    )
+    return ("torchrun",), args, env
+
+
+def build_trainer_children(
+    body: Mapping[str, Any], job: TuningJob, config: TrainConfig, settings: OperatorSettings
+) -> tuple[dict[str, Any], ...]:
+    """ConfigMap, (headless Service,) Job — the Job last, so that it never starts without its config."""
+    name = child_name(body["metadata"]["name"], "train")
+    resources = job.spec.resources
+    command, args, env = _launch(job, name)
+    uris = [
+        config.base_model.uri,
+        config.output,
+        *(u for u in (config.datasets.knowledge, config.datasets.skills) if u),
+    ]
+    distributed = resources.nodes > 1
+    request = PodRequest(
+        component=COMPONENT,
+        image=settings.trainer_image,
+        command=command,
+        args=args,
+        config_map=name,
+        scheduling=resources,
+        gpus=resources.gpus_per_node,
+        artifact_uris=tuple(uris),
+        env=env,
+        subdomain=name if distributed else None,
+    )
+    labels = child_labels(body, COMPONENT)
+    meta = child_metadata(body, name, COMPONENT)
+    template = build_pod_template(labels, request, settings)
+    children: list[dict[str, Any]] = [build_config_map(meta, config)]
+    if distributed:
+        children.append(
+            build_headless_service(meta, selector(body["kind"], body["metadata"]["name"]), RENDEZVOUS_PORT)
+        )
+    children.append(build_job(meta, template, job.spec, completions=resources.nodes))
+    return tuple(children)
+
+
+def _config_digest(config: TrainConfig) -> str:
+    canonical = json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class TuningJobKind:
+    """The TuningJob's part in the shared run loop."""
+
+    resource: type[Resource] = TuningJob
+
+    def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting:
+        job = TuningJob.model_validate(body)
+        lineage: dict[str, Any] = {"baseModel": job.spec.base_model.uri}
+        data = job.spec.data
+        if data.synthetic_data_run_ref is not None:
+            found = self._datasets_from_run(
+                kube, body["metadata"]["namespace"], data.synthetic_data_run_ref.name
+            )
+            if isinstance(found, Waiting):
+                return found
+            datasets, run_status = found
+            lineage["taxonomyRevision"] = run_status.taxonomy_revision
+            outputs = run_status.outputs
+            lineage["datasets"] = (
+                [d.to_wire() for d in (outputs.knowledge, outputs.skills) if d] if outputs else []
+            )
+        else:
+            datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
+        output = job.spec.output.uri or default_output(body, settings.artifact_claim)
+        config = build_train_config(job, datasets, output, settings)
+        lineage["configSha256"] = _config_digest(config)
+        children = build_trainer_children(body, job, config, settings)
+        return Plan(
+            job_name=children[-1]["metadata"]["name"],
+            children=children,
+            pinned={"lineage": {k: v for k, v in lineage.items() if v is not None}},
+        )
+
+    @staticmethod
+    def _datasets_from_run(
+        kube: Kube, namespace: str, name: str
+    ) -> tuple[Datasets, SyntheticDataRunStatus] | Waiting:
+        found = kube.get_resource(SyntheticDataRun, namespace, name)
+        if found is None:
+            return Waiting("SyntheticDataRunNotFound", f"SyntheticDataRun {name} does not exist")
+        status = SyntheticDataRunStatus.model_validate(found.get("status") or {})
+        if status.state == "Failed":
+            return Waiting("SyntheticDataRunFailed", f"SyntheticDataRun {name} failed", stalled=True)
+        if status.state != "Succeeded" or status.outputs is None:
+            return Waiting(
+                "WaitingForSyntheticDataRun", f"SyntheticDataRun {name} is {status.state or 'Pending'}"
+            )
+        outputs = status.outputs
+        datasets = Datasets(
+            knowledge=outputs.knowledge.uri if outputs.knowledge else None,
+            skills=outputs.skills.uri if outputs.skills else None,
+        )
+        return datasets, status
+
+    def finished_status(self, summary: str) -> dict[str, Any]:
+        parsed = TrainSummary.model_validate_json(summary)  # pydantic's ValidationError is a ValueError
+        if not (parsed.output.adapter or parsed.output.model):
+            raise ValueError("the summary names no adapter and no model")
+        status: dict[str, Any] = {
+            "output": parsed.output.to_wire(),
+            "metrics": parsed.metrics.to_wire(),
+            "checkpoints": [c.to_wire() for c in parsed.checkpoints],
+            "progress": {"percent": 100, "step": parsed.steps, "totalSteps": parsed.steps},
+        }
+        return status
+
+    def gpus(self, spec: Mapping[str, Any]) -> int:
+        resources = spec.get("resources") or {}
+        return int(resources.get("gpusPerNode", 1)) * int(resources.get("nodes", 1))
+
+
+def progress_status(samples: Samples) -> dict[str, Any]:
+    """status.progress / metrics / currentPhase from the trainer's metrics."""
+    step, total = samples.get(m.TRAIN_STEP), samples.get(m.TRAIN_TOTAL_STEPS)
+    progress: dict[str, Any] = {}
+    if step is not None and total:
+        progress = {"step": int(step), "totalSteps": int(total), "percent": min(100, int(100 * step / total))}
+        progress["epoch"] = round(samples.get(m.TRAIN_EPOCH) or 0.0, 3)
+        eta = samples.get(m.TRAIN_ETA_SECONDS)
+        if eta is not None:
+            progress["etaSeconds"] = int(eta)
+    named = {
+        "loss": m.TRAIN_LOSS,
+        "evalLoss": m.TRAIN_EVAL_LOSS,
+        "learningRate": m.TRAIN_LEARNING_RATE,
+        "tokensPerSecond": m.TRAIN_TOKENS_PER_SECOND,
+    }
+    metrics = {key: value for key, name in named.items() if (value := samples.get(name)) is not None}
+    status: dict[str, Any] = {}
+    if progress:
+        status["progress"] = progress
+    if metrics:
+        status["metrics"] = metrics
+    phase = samples.labels.get(m.TRAIN_PHASE, {}).get("phase")
+    if phase:
+        status["currentPhase"] = phase
+    return status

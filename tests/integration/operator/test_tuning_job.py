@@ -1,0 +1,366 @@
+"""The operator reconciles TuningJobs into trainer Jobs on the real API server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubetest import GPU_PRODUCT, Cluster, Kubelet, OperatorProcess, condition, eventually
+
+from labtune.api import GROUP, VERSION
+from labtune.contract import EXIT_CONFIG_ERROR
+from labtune.contract.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("operator_process")
+
+
+def tuning_job(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TuningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": "pvc://models/smollm2"},
+            "data": {"knowledge": "pvc://data/k.jsonl", "skills": "pvc://data/s.jsonl"},
+            "resources": {"gpusPerNode": 0},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def test_trainer_job_carries_gpu_scheduling_and_the_config(cluster: Cluster, gpu_node: str) -> None:
+
+    resources = {
+        "gpusPerNode": 2,
+        "gpuProduct": GPU_PRODUCT,
+        "memory": "64Gi",
+        "shmSize": "8Gi",
+        "nodeSelector": {"kubernetes.io/hostname": gpu_node},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        "runtimeClassName": "nvidia",
+    }
+    # Pods naming an unknown RuntimeClass are rejected at admission.
+    client.NodeV1Api(cluster.custom.api_client).create_runtime_class(
+        {"metadata": {"name": "nvidia"}, "handler": "nvidia"}
+    )
+    cluster.claims("models", "data", "labtune-artifacts")
+    cluster.create(tuning_job("gpu", resources=resources))
+    status = cluster.status_when("tuningjobs", "gpu", lambda s: s.get("jobName"), "the trainer Job")
+    assert status["jobName"] == "gpu-train"
+    assert status["state"] == "Pending"
+    assert status["startTime"]
+    assert condition(status, "Ready")["reason"] in ("JobCreated", "PodsStarting")
+    assert condition(status, "Reconciling")["status"] == "True"
+    assert status["lineage"]["baseModel"] == "pvc://models/smollm2"
+
+    job = cluster.job("gpu-train")
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("TuningJob", "gpu", True)
+    assert job["metadata"]["labels"]["labtune.io/tuningjob"] == "gpu"
+    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [EXIT_CONFIG_ERROR]
+    pod = job["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    assert main["resources"]["limits"] == {"nvidia.com/gpu": "2", "memory": "64Gi"}
+    assert main["command"] == ["torchrun"]
+    assert "--nproc-per-node=2" in main["args"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]
+    assert term["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": [GPU_PRODUCT]}
+    ]
+    assert pod["runtimeClassName"] == "nvidia"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    claims = sorted(
+        v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    )
+    assert claims == ["data", "labtune-artifacts", "models"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "LABTUNE_CONFIG", "value": "/etc/labtune/config.yaml"} in main["env"]
+
+    config_map = cluster.core.read_namespaced_config_map("gpu-train", cluster.namespace)
+    config = TrainConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert [p.name for p in config.phases] == ["knowledge", "skills"]
+    assert config.datasets.knowledge == "pvc://data/k.jsonl"
+    assert config.output.startswith(f"pvc://labtune-artifacts/{cluster.namespace}/tuningjob/gpu-")
+    assert config_map.metadata.owner_references[0].name == "gpu"
+
+    def bound() -> str | None:
+        pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector="job-name=gpu-train").items
+        return pods[0].spec.node_name if pods and pods[0].spec.node_name else None
+
+    # The real scheduler places the pod on the tainted GPU node: GPU request, toleration, affinity.
+    assert eventually(bound, what="the trainer pod to be scheduled") == gpu_node
+
+
+def test_multi_node_runs_an_indexed_job_with_rendezvous(cluster: Cluster) -> None:
+    cluster.create(tuning_job("multi", resources={"gpusPerNode": 4, "nodes": 3}))
+    job = cluster.job("multi-train")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (3, 3)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == "multi-train"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MASTER_ADDR"]["value"] == "multi-train-0.multi-train"
+    index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == index
+    assert "--nnodes=3" in pod["containers"][0]["args"]
+    service = cluster.core.read_namespaced_service("multi-train", cluster.namespace)
+    assert service.spec.cluster_ip == "None"
+    assert service.spec.selector["labtune.io/tuningjob"] == "multi"
+
+
+@pytest.fixture
+def metrics_server(operator_process: OperatorProcess) -> Iterator[list[str]]:
+    """Serves /metrics on the port the operator reads job pods on (the pods' IP is 127.0.0.1)."""
+    body = ["# nothing yet\n"]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = body[0].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", operator_process.job_metrics_port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield body
+    server.shutdown()
+
+
+TRAINER_METRICS = """\
+# TYPE labtune_train_step gauge
+labtune_train_step 42
+# TYPE labtune_train_total_steps gauge
+labtune_train_total_steps 100
+# TYPE labtune_train_epoch gauge
+labtune_train_epoch 0.84
+# TYPE labtune_train_loss gauge
+labtune_train_loss 1.25
+# TYPE labtune_train_learning_rate gauge
+labtune_train_learning_rate 0.0001
+# TYPE labtune_train_eta_seconds gauge
+labtune_train_eta_seconds 120
+# TYPE labtune_train_phase gauge
+labtune_train_phase{phase="knowledge"} 1
+labtune_train_phase{phase="skills"} 0
+"""
+
+
+def test_progress_from_pod_metrics_then_success_from_the_termination_message(
+    cluster: Cluster, kubelet: Kubelet, metrics_server: list[str]
+) -> None:
+    cluster.create(tuning_job("train"))
+    cluster.job("train-train")
+    metrics_server[0] = TRAINER_METRICS
+    kubelet.run("train-train")
+    status = cluster.status_when(
+        "tuningjobs", "train", lambda s: s.get("progress", {}).get("step") == 42, "progress"
+    )
+    assert status["state"] == "Running"
+    assert status["progress"] == {
+        "step": 42,
+        "totalSteps": 100,
+        "percent": 42,
+        "epoch": 0.84,
+        "etaSeconds": 120,
+    }
+    assert status["metrics"] == {"loss": 1.25, "learningRate": 0.0001}
+    assert status["currentPhase"] == "knowledge"
+
+    digest = "a" * 64
+    summary = {
+        "output": {"adapter": "pvc://labtune-artifacts/out/adapter", "adapterSha256": digest},
+        "metrics": {"loss": 0.9, "evalLoss": 1.1},
+        "bestEvalLoss": 1.1,
+        "steps": 100,
+        "tokens": 123456,
+        "checkpoints": [
+            {"phase": "skills", "step": 50, "uri": "pvc://labtune-artifacts/out/ckpt-50", "evalLoss": 1.1}
+        ],
+    }
+    kubelet.finish("train-train", 0, json.dumps(summary))
+    status = cluster.status_when("tuningjobs", "train", lambda s: s.get("state") == "Succeeded", "success")
+    assert status["output"] == summary["output"]
+    assert status["metrics"]["evalLoss"] == 1.1
+    assert status["checkpoints"][0]["step"] == 50
+    assert status["progress"]["percent"] == 100
+    assert status["completionTime"]
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Succeeded")["status"] == "True"
+    assert condition(status, "Reconciling") == {}
+    reasons = eventually(
+        lambda: {e.reason for e in cluster.events("train")} >= {"Succeeded"} or None, what="events"
+    )
+    assert reasons
+
+
+def test_success_without_a_summary_is_a_failure(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(tuning_job("nosummary"))
+    cluster.job("nosummary-train")
+    kubelet.finish("nosummary-train", 0, "")
+    status = cluster.status_when("tuningjobs", "nosummary", lambda s: s.get("state") == "Failed", "failure")
+    assert condition(status, "Failed")["reason"] == "InvalidSummary"
+    assert "output" not in status
+
+
+def test_configuration_error_fails_at_once_with_the_pods_line(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(tuning_job("bad", backoffLimit=5))
+    cluster.job("bad-train")
+    kubelet.finish("bad-train", EXIT_CONFIG_ERROR, "error: dataset pvc://data/k.jsonl is empty")
+    status = cluster.status_when("tuningjobs", "bad", lambda s: s.get("state") == "Failed", "failure")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "PodFailurePolicy"
+    assert "exit code 78: error: dataset pvc://data/k.jsonl is empty" in failed["message"]
+    assert condition(status, "Stalled")["status"] == "True"
+    assert len(kubelet.pods("bad-train")) == 1  # not retried
+    warnings = eventually(
+        lambda: [e for e in cluster.events("bad") if e.type == "Warning"] or None, what="event"
+    )
+    assert warnings[0].reason == "PodFailurePolicy"
+
+
+def test_suspend_and_resume(cluster: Cluster) -> None:
+    cluster.create(tuning_job("paused", suspend=True))
+    status = cluster.status_when("tuningjobs", "paused", lambda s: s.get("state") == "Suspended", "suspended")
+    assert condition(status, "Suspended")["status"] == "True"
+    assert cluster.job("paused-train")["spec"]["suspend"] is True
+    cluster.patch("tuningjobs", "paused", {"spec": {"suspend": False}})
+    eventually(
+        lambda: cluster.job("paused-train")["spec"]["suspend"] is False or None, what="the Job to resume"
+    )
+    status = cluster.status_when("tuningjobs", "paused", lambda s: s.get("state") != "Suspended", "resumed")
+    assert condition(status, "Suspended")["status"] == "False"
+
+
+def test_deadline_fails_the_job(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(tuning_job("late", activeDeadlineSeconds=2))
+    cluster.job("late-train")
+    kubelet.run("late-train")
+    status = cluster.status_when(
+        "tuningjobs", "late", lambda s: s.get("state") == "Failed", "deadline", timeout=60
+    )
+    assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
+
+
+def test_waits_for_its_synthetic_data_run_then_uses_its_datasets(cluster: Cluster) -> None:
+    body = tuning_job("chained", data={"syntheticDataRunRef": {"name": "sdg"}})
+    cluster.create(body)
+    status = cluster.status_when("tuningjobs", "chained", lambda s: s.get("state") == "Waiting", "waiting")
+    assert condition(status, "Ready")["reason"] == "SyntheticDataRunNotFound"
+    assert "jobName" not in status
+
+    run = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SyntheticDataRun",
+        "metadata": {"name": "sdg"},
+        "spec": {
+            "taxonomyRef": {"name": "absent"},
+            "teacher": {"endpoint": {"url": "http://t:8000/v1", "model": "t"}},
+        },
+    }
+    cluster.create(run)
+    status = cluster.status_when(
+        "tuningjobs",
+        "chained",
+        lambda s: condition(s, "Ready").get("reason") == "WaitingForSyntheticDataRun",
+        "waiting",
+    )
+    # The run finishes (its own generator is not under test here): the job is released at once.
+    digest = "b" * 64
+    outputs = {
+        "knowledge": {"uri": "pvc://labtune-artifacts/sdg/knowledge.jsonl", "samples": 10, "sha256": digest},
+        "skills": {"uri": "pvc://labtune-artifacts/sdg/skills.jsonl", "samples": 20, "sha256": digest},
+    }
+    finished = {
+        "state": "Succeeded",
+        "outputs": outputs,
+        "taxonomyRevision": "c" * 40,
+        "completionTime": "2026-11-24T07:00:00Z",
+    }
+    cluster.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, cluster.namespace, "syntheticdataruns", "sdg", {"status": finished}
+    )
+    status = cluster.status_when("tuningjobs", "chained", lambda s: s.get("jobName"), "released", timeout=15)
+    assert status["lineage"]["taxonomyRevision"] == "c" * 40
+    assert [d["uri"] for d in status["lineage"]["datasets"]] == [
+        outputs["knowledge"]["uri"],
+        outputs["skills"]["uri"],
+    ]
+    config_map = cluster.core.read_namespaced_config_map("chained-train", cluster.namespace)
+    config = TrainConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert config.datasets.skills == outputs["skills"]["uri"]
+
+
+def test_a_deleted_child_job_is_recreated_once(cluster: Cluster) -> None:
+    cluster.create(tuning_job("again"))
+    first = cluster.job("again-train")
+    cluster.batch.delete_namespaced_job("again-train", cluster.namespace, propagation_policy="Background")
+    second = eventually(
+        lambda: (
+            job
+            if (job := cluster.job("again-train"))["metadata"]["uid"] != first["metadata"]["uid"]
+            else None
+        ),
+        what="the Job to be recreated",
+    )
+    assert second["metadata"]["name"] == "again-train"
+    status = cluster.status_when("tuningjobs", "again", lambda s: s.get("restarts") == 1, "restart counted")
+    assert status["jobName"] == "again-train"
+    jobs = [
+        j
+        for j in cluster.batch.list_namespaced_job(cluster.namespace).items
+        if j.metadata.name.startswith("again")
+    ]
+    assert len(jobs) == 1
+
+
+def test_status_settles(cluster: Cluster) -> None:
+    """Level-triggered and idempotent: repeated reconciliations of an unchanged job write nothing."""
+    cluster.create(tuning_job("steady", suspend=True))
+    cluster.status_when("tuningjobs", "steady", lambda s: s.get("state") == "Suspended", "suspended")
+    version = cluster.get("tuningjobs", "steady")["metadata"]["resourceVersion"]
+    import time
+
+    time.sleep(12)  # two resync intervals
+    assert cluster.get("tuningjobs", "steady")["metadata"]["resourceVersion"] == version
+
+
+def test_deleting_the_resource_garbage_collects_its_children(cluster: Cluster) -> None:
+    cluster.create(tuning_job("gone", resources={"gpusPerNode": 1, "nodes": 2}))
+    cluster.job("gone-train")
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "tuningjobs", "gone")
+
+    def collected() -> bool | None:
+        jobs = cluster.batch.list_namespaced_job(
+            cluster.namespace, label_selector="labtune.io/tuningjob=gone"
+        ).items
+        maps = cluster.core.list_namespaced_config_map(
+            cluster.namespace, label_selector="labtune.io/tuningjob=gone"
+        )
+        services = cluster.core.list_namespaced_service(
+            cluster.namespace, label_selector="labtune.io/tuningjob=gone"
+        )
+        return True if not (jobs or maps.items or services.items) else None
+
+    eventually(collected, timeout=60, what="garbage collection of the Job, ConfigMap and Service")

@@ -1,0 +1,185 @@
+"""Helpers for tests against a real API server: waiting, free ports, and a stand-in kubelet."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from labtune.api import GROUP, VERSION
+
+T = TypeVar("T")
+GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 45.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while (result := probe()) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class OperatorProcess:
+    metrics_port: int
+    liveness_port: int
+    job_metrics_port: int
+    log: Path
+
+
+class Kubelet:
+    """Plays the kubelet's part for the pods of one namespace."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def pods(self, job: str) -> list[Any]:
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job}").items)
+
+    def pod(self, job: str) -> Any:
+        return eventually(lambda: next(iter(self.pods(job)), None), what=f"a pod of Job {job}")
+
+    def _status(self, pod: Any, phase: str, main: dict[str, Any]) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {
+            "phase": phase,
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": stamp,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if phase == "Running" else "False",
+                    "lastTransitionTime": stamp,
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "image": "x",
+                    "imageID": "",
+                    "ready": phase == "Running",
+                    "restartCount": 0,
+                    "state": main,
+                }
+            ],
+        }
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": status})
+
+    def run(self, job: str) -> Any:
+        pod = self.pod(job)
+        self._status(
+            pod, "Running", {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+        )
+        return pod
+
+    def finish(self, job: str, exit_code: int, message: str) -> None:
+        pod = self.pod(job)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "message": message,
+            "startedAt": stamp,
+            "finishedAt": stamp,
+        }
+        self._status(pod, "Succeeded" if exit_code == 0 else "Failed", {"terminated": terminated})
+
+
+class Cluster:
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, body: dict[str, Any]) -> None:
+        plural = {
+            "TuningJob": "tuningjobs",
+            "SyntheticDataRun": "syntheticdataruns",
+            "Taxonomy": "taxonomies",
+        }
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural[body["kind"]], body
+        )
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural, name
+        )
+        return found
+
+    def patch(self, plural: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name, patch)
+
+    def status_when(
+        self, plural: str, name: str, predicate: Any, what: str, timeout: float = 45
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.get(plural, name).get("status") or {}
+            return status if predicate(status) else None
+
+        return eventually(probe, timeout=timeout, what=f"{plural}/{name}: {what}")
+
+    def job(self, name: str) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            jobs = self.batch.list_namespaced_job(self.namespace, _preload_content=False)
+            found = [j for j in json.loads(jobs.data)["items"] if j["metadata"]["name"] == name]
+            return found[0] if found else None
+
+        return eventually(probe, what=f"Job {name}")
+
+    def claims(self, *names: str) -> None:
+        """Bound PersistentVolumeClaims (on hostPath volumes) so that the scheduler can place pods."""
+        for claim in names:
+            volume = f"{self.namespace}-{claim}"
+            self.core.create_persistent_volume(
+                {
+                    "metadata": {"name": volume},
+                    "spec": {
+                        "capacity": {"storage": "1Gi"},
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "manual",
+                        "hostPath": {"path": f"/tmp/{volume}"},
+                        "claimRef": {"namespace": self.namespace, "name": claim},
+                    },
+                }
+            )
+            self.core.create_namespaced_persistent_volume_claim(
+                self.namespace,
+                {
+                    "metadata": {"name": claim},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "manual",
+                        "volumeName": volume,
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+
+    def events(self, name: str) -> list[Any]:
+        return [
+            e for e in self.core.list_namespaced_event(self.namespace).items if e.involved_object.name == name
+        ]
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
