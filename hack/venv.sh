@@ -26,15 +26,15 @@ if [[ -z "$uv" ]]; then
   fi
 fi
 
-key=$( { "$python" -V 2>&1; cat "$root/pyproject.toml"; echo "$extras"; } | sha256sum | cut -c1-12)
+# One venv per clone (its editable install points there), Python and dependency set.
+key=$( { "$python" -V 2>&1; cat "$root/pyproject.toml"; echo "$extras $root"; } | sha256sum | cut -c1-12)
 venv="$cache/venvs/$key"
 stamp="$venv/.labtune-installed-from"
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "venv: creating $venv" >&2
   "$uv" venv --quiet --python "$python" "$venv"
 fi
-# The editable install points at this clone; reinstall when the clone moved or on first use.
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$root" ]]; then
+if [[ ! -f "$stamp" ]]; then
   echo "venv: installing labtune[$extras] (editable) into $venv" >&2
   VIRTUAL_ENV="$venv" "$uv" pip install --quiet --python "$venv/bin/python" -e "$root[$extras]"
   echo "$root" >"$stamp"
