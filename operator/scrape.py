@@ -32,7 +32,7 @@ def parse(text: str) -> Samples:
                 if sample.value == 1:
                     labels[family.name] = sample.labels
             else:
-                values[family.name] = sample.value
+                values[family.name.removesuffix("_total")] = sample.value  # counters by their base name
     return Samples(values, labels)
 
 

@@ -118,7 +118,7 @@ def gpu_node(api_client: client.ApiClient) -> Iterator[str]:
     core.delete_node(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator_process(
     api_client: client.ApiClient,
     kubeconfig: Path,
@@ -127,7 +127,8 @@ def operator_process(
     gpu_node: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """`python -m labtune.operator` watching every namespace with the ServiceAccount's token."""
+    """`python -m labtune.operator` watching every namespace with the ServiceAccount's token; one per
+    test module, so that no operator outlives its tests and touches other tests' resources."""
     folder = tmp_path_factory.mktemp("operator")
     _apply_rbac(api_client)
     sa_kubeconfig = _service_account_kubeconfig(api_client, kubeconfig, folder / "kubeconfig")

@@ -1,0 +1,188 @@
+"""The operator syncs Taxonomies through sync Jobs and runs SyntheticDataRuns once their Taxonomy is
+Ready, on the real API server (the tests stand in for the kubelet)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+import yaml
+from kubetest import Cluster, Kubelet, OperatorProcess, condition, eventually
+
+from labtune.api import GROUP, VERSION
+from labtune.contract.generate import GenerateConfig
+from labtune.contract.taxonomy import TaxonomySyncConfig
+
+pytestmark = pytest.mark.usefixtures("operator_process")
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def taxonomy(name: str, **spec: Any) -> dict[str, Any]:
+    git = {
+        "url": "https://git.example.com/org/taxonomy.git",
+        "ref": {"branch": "main"},
+        "secretRef": {"name": "git"},
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Taxonomy",
+        "metadata": {"name": name},
+        "spec": {"source": {"git": git}, "base": "origin/main", **spec},
+    }
+
+
+def data_run(name: str, taxonomy_name: str, teacher: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SyntheticDataRun",
+        "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
+        "spec": {"taxonomyRef": {"name": taxonomy_name}, "teacher": teacher, "pipeline": {"builtin": "full"}},
+    }
+
+
+def sync_summary(errors: list[dict[str, Any]]) -> str:
+    return json.dumps(
+        {
+            "commit": COMMIT,
+            "leafCounts": {"knowledge": 1, "freeformSkills": 2, "groundedSkills": 0, "total": 3},
+            "changedLeaves": ["compositional_skills/writing/poems/qna.yaml"],
+            "changedLeafCount": 1,
+            "errors": errors,
+            "errorCount": len(errors),
+            "manifest": "pvc://labtune-artifacts/x/manifest.json",
+        }
+    )
+
+
+def sync_job(cluster: Cluster, name: str) -> str:
+    def probe() -> str | None:
+        jobs = cluster.batch.list_namespaced_job(
+            cluster.namespace, label_selector=f"labtune.io/taxonomy={name}"
+        )
+        return jobs.items[0].metadata.name if jobs.items else None
+
+    return eventually(probe, what=f"the sync Job of {name}")
+
+
+def test_taxonomy_sync_reports_the_summary_and_releases_the_run(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(taxonomy("tax"))
+    endpoint = {
+        "url": "https://teacher.example.com/v1",
+        "model": "mixtral",
+        "apiKeySecretRef": {"name": "teacher", "key": "token"},
+    }
+    cluster.create(data_run("sdg", "tax", {"endpoint": endpoint}))
+    status = cluster.status_when("syntheticdataruns", "sdg", lambda s: s.get("state") == "Waiting", "waiting")
+    assert condition(status, "Ready")["reason"] == "WaitingForTaxonomy"
+
+    job = sync_job(cluster, "tax")
+    config_map = cluster.core.read_namespaced_config_map(job, cluster.namespace)
+    config = TaxonomySyncConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert (config.git.url, config.git.branch, config.base) == (
+        "https://git.example.com/org/taxonomy.git",
+        "main",
+        "origin/main",
+    )
+    assert config.git.credentials_dir == "/var/run/secrets/labtune/git"
+    pod = cluster.job(job)["spec"]["template"]["spec"]
+    assert {"secretName": "git", "defaultMode": 0o440} in [v.get("secret") for v in pod["volumes"]]
+    assert pod["containers"][0]["args"] == ["taxonomy", "sync", "--config", "/etc/labtune/config.yaml"]
+
+    kubelet.finish(job, 0, sync_summary([]))
+    status = cluster.status_when("taxonomies", "tax", lambda s: s.get("revision") == COMMIT, "the revision")
+    assert status["leafCounts"]["total"] == 3
+    assert status["changedLeaves"] == ["compositional_skills/writing/poems/qna.yaml"]
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Validated")["status"] == "True"
+    assert status["lastSyncTime"]
+
+    # The run is released by the Taxonomy's change (not its resync timer) and pins the revision.
+    status = cluster.status_when(
+        "syntheticdataruns", "sdg", lambda s: s.get("jobName"), "the generator Job", 10
+    )
+    assert status["taxonomyRevision"] == COMMIT
+    generator = cluster.job("sdg-generate")
+    assert generator["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    main = generator["spec"]["template"]["spec"]["containers"][0]
+    key_ref = {
+        "name": "LABTUNE_TEACHER_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "teacher", "key": "token"}},
+    }
+    assert key_ref in main["env"]
+    config_map = cluster.core.read_namespaced_config_map("sdg-generate", cluster.namespace)
+    config = GenerateConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert config.taxonomy.commit == COMMIT
+    assert config.teacher.url == "https://teacher.example.com/v1"
+    assert config.teacher.api_key_env == "LABTUNE_TEACHER_API_KEY"
+    assert config.pipeline.builtin == "full"
+
+
+def test_a_model_teacher_runs_as_a_vllm_sidecar(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(taxonomy("tax2"))
+    kubelet.finish(sync_job(cluster, "tax2"), 0, sync_summary([]))
+    cluster.status_when("taxonomies", "tax2", lambda s: s.get("revision"), "synced")
+    cluster.create(data_run("served", "tax2", {"model": {"uri": "pvc://models/mixtral", "gpus": 2}}))
+    spec = cluster.job("served-generate")["spec"]["template"]["spec"]
+    (sidecar,) = spec["initContainers"]
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar
+    assert sidecar["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert sidecar["args"][:2] == ["--model", "/artifacts/models/mixtral"]
+    assert "--tensor-parallel-size" in sidecar["args"]
+    assert sidecar["startupProbe"]["httpGet"]["path"] == "/health"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    config_map = cluster.core.read_namespaced_config_map("served-generate", cluster.namespace)
+    config = GenerateConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert config.teacher.url == "http://127.0.0.1:8000/v1"
+
+
+def test_validation_errors_stall_the_dependent_run(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(taxonomy("broken"))
+    error = {"path": "knowledge/a/qna.yaml", "line": 7, "message": "'seed_examples' is a required property"}
+    kubelet.finish(sync_job(cluster, "broken"), 0, sync_summary([error]))
+    status = cluster.status_when("taxonomies", "broken", lambda s: s.get("errorCount") == 1, "the errors")
+    assert status["errors"] == [error]
+    assert condition(status, "Validated")["status"] == "False"
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ValidationFailed")
+    assert "knowledge/a/qna.yaml:7" in ready["message"]
+
+    cluster.create(data_run("blocked", "broken", {"endpoint": {"url": "http://t:8000/v1", "model": "t"}}))
+    status = cluster.status_when(
+        "syntheticdataruns", "blocked", lambda s: s.get("state") == "Waiting", "waiting"
+    )
+    assert condition(status, "Ready")["reason"] == "TaxonomyInvalid"
+    assert condition(status, "Stalled")["status"] == "True"
+
+
+def test_a_failed_sync_says_why(cluster: Cluster, kubelet: Kubelet) -> None:
+    cluster.create(taxonomy("unreachable"))
+    kubelet.finish(
+        sync_job(cluster, "unreachable"), 78, "error: cannot clone https://git.example.com: not found"
+    )
+    status = cluster.status_when(
+        "taxonomies", "unreachable", lambda s: condition(s, "Ready").get("reason") == "SyncFailed", "failure"
+    )
+    assert "cannot clone https://git.example.com: not found" in condition(status, "Ready")["message"]
+    assert condition(status, "Stalled")["status"] == "True"
+
+
+def test_missing_taxonomy_is_a_condition(cluster: Cluster) -> None:
+    cluster.create(data_run("orphan", "nowhere", {"endpoint": {"url": "http://t:8000/v1", "model": "t"}}))
+    status = cluster.status_when(
+        "syntheticdataruns", "orphan", lambda s: s.get("state") == "Waiting", "waiting"
+    )
+    assert condition(status, "Ready")["reason"] == "TaxonomyNotFound"
+    assert "Taxonomy nowhere does not exist" in condition(status, "Ready")["message"]
+
+
+def test_operator_metrics_are_served(operator_process: OperatorProcess, cluster: Cluster) -> None:
+    cluster.create(data_run("counted", "nowhere", {"endpoint": {"url": "http://t:8000/v1", "model": "t"}}))
+    cluster.status_when("syntheticdataruns", "counted", lambda s: s.get("state") == "Waiting", "waiting")
+    url = f"http://127.0.0.1:{operator_process.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    assert 'labtune_reconciliations_total{kind="SyntheticDataRun",result="ok"}' in text
+    assert 'labtune_reconcile_duration_seconds_bucket{kind="SyntheticDataRun"' in text
+    assert 'labtune_resources{kind="SyntheticDataRun",state="Waiting"}' in text

@@ -1,0 +1,119 @@
+"""Pure pieces of the operator: names, conditions, durations, metric parsing, job observation."""
+
+from __future__ import annotations
+
+import pytest
+
+from labtune.operator import conditions as cond
+from labtune.operator.conditions import RunOutcome
+from labtune.operator.naming import MAX_NAME, child_name
+from labtune.operator.observe import failure_detail, termination_message, view_job
+from labtune.operator.scrape import parse
+from labtune.operator.taxonomy import _seconds, sync_job_name
+
+
+def test_child_names_are_deterministic_and_bounded() -> None:
+    assert child_name("granite", "train") == "granite-train"
+    long = "a" * 80
+    name = child_name(long, "train")
+    assert len(name) <= MAX_NAME
+    assert name == child_name(long, "train")
+    assert name != child_name("a" * 81, "train")
+    assert name.endswith("-train")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("1.5h", 5400), ("500ms", 0.5)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert _seconds(text) == seconds
+
+
+def test_a_sync_is_due_per_generation_and_interval_tick() -> None:
+    first = sync_job_name("tax", 1, "10m", 6000.0)
+    assert first == sync_job_name("tax", 1, "10m", 6599.0)  # same tick
+    assert first != sync_job_name("tax", 1, "10m", 6600.0)  # next tick
+    assert first != sync_job_name("tax", 2, "10m", 6000.0)  # spec changed
+    assert sync_job_name("tax", 1, None, 0.0) == sync_job_name("tax", 1, None, 1e9)  # no interval
+
+
+def test_set_condition_keeps_transition_time_while_status_holds() -> None:
+    conditions = cond.set_condition([], "Ready", False, "Waiting", "", 1, "2026-01-01T00:00:00Z")
+    conditions = cond.set_condition(conditions, "Ready", False, "Other", "m", 2, "2026-01-02T00:00:00Z")
+    assert conditions[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert (conditions[0]["reason"], conditions[0]["observedGeneration"]) == ("Other", 2)
+    conditions = cond.set_condition(conditions, "Ready", True, "Done", "", 2, "2026-01-03T00:00:00Z")
+    assert conditions[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+
+
+def test_run_conditions_follow_the_state() -> None:
+    running = cond.run_conditions([], RunOutcome("Running", "JobRunning", "1 pod"), 1, "t1")
+    by_type = {c["type"]: c for c in running}
+    assert by_type["Running"]["status"] == "True"
+    assert by_type["Ready"] == {**by_type["Ready"], "status": "False", "reason": "JobRunning"}
+    assert by_type["Reconciling"]["status"] == "True"
+    assert "Stalled" not in by_type
+    done = cond.run_conditions(running, RunOutcome("Succeeded", "Succeeded"), 1, "t2")
+    by_type = {c["type"]: c for c in done}
+    assert by_type["Ready"]["status"] == "True"
+    assert by_type["Running"]["status"] == "False"
+    assert "Reconciling" not in by_type
+    assert by_type["Succeeded"]["lastTransitionTime"] == "t2"
+    failed = cond.run_conditions(running, RunOutcome("Failed", "BackoffLimitExceeded", "x"), 1, "t2")
+    assert {c["type"]: c["status"] for c in failed}["Stalled"] == "True"
+
+
+def test_prometheus_text_is_parsed() -> None:
+    samples = parse(
+        "# TYPE labtune_train_step gauge\nlabtune_train_step 7\n"
+        "# TYPE labtune_generate_samples_kept counter\nlabtune_generate_samples_kept_total 12\n"
+        "# TYPE labtune_train_phase gauge\n"
+        'labtune_train_phase{phase="skills"} 1\nlabtune_train_phase{phase="x"} 0\n'
+        '# TYPE h histogram\nh_bucket{le="1"} 1\nh_count 1\nh_sum 0.5\n'
+    )
+    assert samples.get("labtune_train_step") == 7
+    assert samples.get("labtune_generate_samples_kept") == 12
+    assert samples.labels["labtune_train_phase"] == {"phase": "skills"}
+    assert samples.get("h") is None
+
+
+def _pod(name: str, phase: str, created: str, terminated: dict[str, object] | None) -> dict[str, object]:
+    state = {"terminated": terminated} if terminated else {"running": {}}
+    return {
+        "metadata": {"name": name, "creationTimestamp": created},
+        "status": {"phase": phase, "containerStatuses": [{"name": "main", "state": state}]},
+    }
+
+
+def test_termination_message_and_failure_detail_come_from_the_newest_pod() -> None:
+    pods = [
+        _pod("a", "Failed", "2026-01-01T00:00:00Z", {"exitCode": 1, "message": "old\n"}),
+        _pod(
+            "b", "Failed", "2026-01-01T00:01:00Z", {"exitCode": 78, "message": "trace\nerror: bad config\n"}
+        ),
+        _pod("c", "Succeeded", "2026-01-01T00:02:00Z", {"exitCode": 0, "message": '{"ok": 1}'}),
+    ]
+    assert failure_detail(pods) == "exit code 78: error: bad config"
+    assert termination_message(pods, "Succeeded") == '{"ok": 1}'
+    assert termination_message(pods[:2], "Succeeded") is None
+
+
+def test_job_view() -> None:
+    job = {
+        "metadata": {"name": "j"},
+        "spec": {"suspend": False},
+        "status": {
+            "active": 0,
+            "failed": 2,
+            "conditions": [
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "m"}
+            ],
+        },
+    }
+    view = view_job(job)
+    assert (view.failed, view.complete, view.reason, view.failed_pods) == (
+        True,
+        False,
+        "BackoffLimitExceeded",
+        2,
+    )
