@@ -62,3 +62,12 @@ def crds_check(dirs: tuple[Path, ...]) -> None:
 
 main.add_command(dev)
 main.add_command(operator)
+
+from labtune.generator.cli import generate, taxonomy  # noqa: E402  (registered after the core commands)
+
+main.add_command(taxonomy)
+main.add_command(generate)
+
+from labtune.trainer.cli import train  # noqa: E402  (imports torch only when the command runs)
+
+main.add_command(train)

@@ -1,0 +1,94 @@
+"""Knowledge documents: the files a knowledge leaf points at (`document.repo` at
+`document.commit`, selected by `patterns`), read as text. Markdown always; PDF through docling
+when it is installed."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from labtune.contract import ConfigError
+from labtune.contract.taxonomy import GitCheckout
+from labtune.generator import gitrepo
+
+MARKDOWN_SUFFIXES = (".md", ".markdown")
+
+
+class DocumentError(ConfigError):
+    """A document is missing or cannot be read: the message names the file and why."""
+
+
+class DocumentSource(BaseModel):
+    """The `document` block of a knowledge qna.yaml."""
+
+    repo: str
+    commit: str
+    patterns: list[str]
+
+
+class Document(BaseModel):
+    path: str
+    text: str
+
+
+def _pdf_text(path: Path, name: str) -> str:
+    if importlib.util.find_spec("docling") is None:
+        raise DocumentError(f"{name}: PDF documents need docling (pip install docling); it is not installed")
+    from docling.document_converter import DocumentConverter  # type: ignore[import-not-found,unused-ignore]
+
+    try:
+        text: str = DocumentConverter().convert(path).document.export_to_markdown()
+    except Exception as error:  # docling raises many types; any failure is this file's problem
+        raise DocumentError(f"{name}: docling cannot convert it: {error}") from None
+    return text
+
+
+def read(path: Path, name: str) -> str:
+    """The text of one document file, `name` being how messages refer to it."""
+    suffix = path.suffix.lower()
+    if suffix in MARKDOWN_SUFFIXES:
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DocumentError(f"{name}: not UTF-8 text") from None
+    if suffix == ".pdf":
+        return _pdf_text(path, name)
+    raise DocumentError(f"{name}: unsupported document format {suffix or '(none)'}: use Markdown or PDF")
+
+
+def checkout(source: DocumentSource, cache: Path, template: GitCheckout) -> Path:
+    """The repository at the commit, cloned once into `cache` (bounds as in `template`)."""
+    key = hashlib.sha256(f"{source.repo}@{source.commit}".encode()).hexdigest()[:16]
+    dest = cache / key
+    done = dest / ".labtune-complete"
+    if not done.exists():
+        spec = template.model_copy(
+            update={"url": source.repo, "commit": source.commit, "branch": None, "tag": None}
+        )
+        try:
+            gitrepo.clone(spec, dest / "repo")
+        except gitrepo.GitError as error:
+            raise DocumentError(f"documents {source.repo}@{source.commit}: {error}") from None
+        done.touch()
+    return dest / "repo"
+
+
+def fetch(source: DocumentSource, cache: Path, template: GitCheckout) -> list[Document]:
+    """Every file matched by the patterns, read; a pattern matching nothing is an error."""
+    root = checkout(source, cache, template)
+    documents: dict[str, Document] = {}
+    for pattern in source.patterns:
+        matches = sorted(
+            p for p in root.glob(pattern) if p.is_file() and ".git" not in p.relative_to(root).parts
+        )
+        if not matches:
+            raise DocumentError(
+                f"document pattern {pattern!r} matches no file in {source.repo}@{source.commit}"
+            )
+        for path in matches:
+            name = path.relative_to(root).as_posix()
+            documents.setdefault(name, Document(path=name, text=read(path, f"{source.repo}:{name}")))
+    return list(documents.values())

@@ -1,0 +1,159 @@
+"""Pipelines as data: the YAML model of a generation pipeline (one flow of blocks per leaf type,
+and how a surviving row becomes a chat sample), and loading the built-in or a custom one."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from labtune.contract import ConfigError
+from labtune.generator.leaves import LeafType
+from labtune.generator.parsers import Parser, ScoreParser
+
+BUILTIN = ("simple", "full")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Prompted(_Model):
+    """A block that renders a Jinja2 prompt per row: inline `prompt`, or `prompt_file` relative
+    to the pipeline file (read when the pipeline is loaded)."""
+
+    name: str
+    prompt: str | None = None
+    prompt_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> _Prompted:
+        if (self.prompt is None) == (self.prompt_file is None):
+            raise ValueError(f"block {self.name!r}: set exactly one of prompt or prompt_file")
+        return self
+
+
+class GenerateBlock(_Prompted):
+    """Asks the teacher `n` times per row; each parsed record becomes a new row (the input row's
+    fields plus the record's)."""
+
+    type: Literal["generate"]
+    n: int | Literal["samples_per_seed"] = 1
+    """Requests per row; `samples_per_seed` takes the run's scale setting."""
+    temperature: float = Field(default=0.7, ge=0)
+    max_tokens: int = Field(default=512, ge=1)
+    parser: Parser
+
+
+class JudgeBlock(_Prompted):
+    """Asks the teacher to score each row and keeps the rows scoring at least `threshold`."""
+
+    type: Literal["judge"]
+    temperature: float = Field(default=0.0, ge=0)
+    max_tokens: int = Field(default=256, ge=1)
+    parser: ScoreParser
+    threshold: float
+
+
+class DedupeBlock(_Model):
+    """Keeps the first of the rows equal in `fields` (compared case- and space-insensitively)."""
+
+    type: Literal["dedupe"]
+    name: str
+    fields: list[str] = Field(min_length=1)
+
+
+class FlattenBlock(_Model):
+    """One row per item of the list in `field`: a mapping item's keys become fields, any other
+    item replaces `field`."""
+
+    type: Literal["flatten"]
+    name: str
+    field: str
+
+
+class CombineBlock(_Model):
+    """Sets `field` to a Jinja2 template rendered over the row."""
+
+    type: Literal["combine"]
+    name: str
+    field: str
+    template: str
+
+
+Block = Annotated[
+    GenerateBlock | JudgeBlock | DedupeBlock | FlattenBlock | CombineBlock, Field(discriminator="type")
+]
+
+
+class SampleTemplate(_Model):
+    """How a surviving row becomes a training sample: Jinja2 templates for each turn."""
+
+    system: str | None = None
+    user: str
+    assistant: str
+
+
+class Flow(_Model):
+    blocks: list[Block] = Field(min_length=1)
+    sample: SampleTemplate
+
+
+class Pipeline(_Model):
+    name: str
+    description: str = ""
+    system: str | None = None
+    """System prompt of every teacher request."""
+    flows: dict[LeafType, Flow] = Field(min_length=1)
+
+    def flow(self, leaf_type: LeafType) -> Flow:
+        if leaf_type not in self.flows:
+            raise ConfigError(f"pipeline {self.name!r} has no flow for {leaf_type} leaves")
+        return self.flows[leaf_type]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _inline_prompt_files(data: Any, folder: Path) -> None:
+    """Replaces each block's `prompt_file` by the file's text, so a loaded pipeline is whole."""
+    flows = data.get("flows") if isinstance(data, dict) else None
+    for flow in (flows or {}).values():
+        for block in (flow or {}).get("blocks") or []:
+            if isinstance(block, dict) and isinstance(block.get("prompt_file"), str):
+                prompt_path = folder / block.pop("prompt_file")
+                try:
+                    block["prompt"] = prompt_path.read_text()
+                except OSError as error:
+                    raise ConfigError(f"pipeline prompt {prompt_path}: {error.strerror}") from None
+
+
+def load(path: Path) -> Pipeline:
+    """A pipeline from a YAML file; prompt files are relative to it. Problems -> ConfigError."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read pipeline {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"pipeline {path} is not valid YAML: {error}") from None
+    _inline_prompt_files(data, path.parent)
+    try:
+        return Pipeline.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"pipeline {path} is invalid: {problems}") from None
+
+
+def packaged_path(name: str) -> Path:
+    """A pipeline file shipped in the package: the built-in ones and `small-teacher`."""
+    return Path(str(resources.files("labtune.generator") / "pipelines" / f"{name}.yaml"))
+
+
+def load_builtin(name: str) -> Pipeline:
+    if name not in BUILTIN:
+        raise ConfigError(f"unknown built-in pipeline {name!r}: choose one of {', '.join(BUILTIN)}")
+    return load(packaged_path(name))

@@ -1,0 +1,320 @@
+"""A SyntheticDataRun (`labtune generate --config FILE`, or `generate(config)` as a library):
+check out the taxonomy at the pinned commit, build each selected leaf's seed rows, run the
+pipeline per leaf with checkpoints, mix the phase datasets and write them with a report."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs
+from labtune.contract import ConfigError, resolve_artifact
+from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
+from labtune.generator import gitrepo, pipeline, summaries
+from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
+from labtune.generator.chunking import TokenCounter, approximate_tokens
+from labtune.generator.documents import DocumentSource, fetch
+from labtune.generator.engine import Engine, Row, to_messages
+from labtune.generator.leaves import LeafType
+from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.mixing import mix
+from labtune.generator.pipeline import GenerateBlock, Pipeline
+from labtune.generator.records import Record, SampleMetadata, read_replay, record_id, write_jsonl
+from labtune.generator.seeds import rows_for
+from labtune.generator.taxonomy import EMPTY_BASE, scan
+from labtune.generator.teacher import Teacher
+
+log = logging.getLogger(__name__)
+
+
+class GenerationError(Exception):
+    """The run could not produce its datasets (e.g. nothing survived a leaf's filters)."""
+
+
+@dataclass(frozen=True)
+class LeafJob:
+    path: str
+    leaf_type: LeafType
+    rows: list[Row]
+    fingerprint: str
+
+
+class Report(BaseModel):
+    """The full record of a run, written next to the datasets."""
+
+    taxonomy_commit: str
+    teacher_model: str
+    pipeline: str
+    leaves: list[LeafResult]
+    failures: list[str]
+
+
+def make_teacher(config: TeacherConfig, artifact_root: str, metrics: GeneratorMetrics) -> Teacher:
+    if config.backend == "transformers":
+        from labtune.generator.teacher_transformers import TransformersTeacher
+
+        return TransformersTeacher(
+            resolve_artifact(config.model, artifact_root), batch_size=config.batch_size, metrics=metrics
+        )
+    from labtune.generator.teacher_openai import OpenAITeacher
+
+    return OpenAITeacher(config, metrics)
+
+
+def token_counter(config: TeacherConfig, artifact_root: str, teacher: Teacher) -> TokenCounter:
+    """Counts tokens with the configured tokenizer, the in-process teacher's, or approximately."""
+    tokenizer = getattr(teacher, "tokenizer", None)
+    if config.tokenizer:
+        from labtune.generator.teacher_transformers import load_tokenizer
+
+        tokenizer = load_tokenizer(resolve_artifact(config.tokenizer, artifact_root))
+    if tokenizer is None:
+        log.warning("no tokenizer configured (teacher.tokenizer): chunking at about 4 characters per token")
+        return approximate_tokens
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stage_summary(result: LeafResult) -> dict[str, int]:
+    return {c.stage: c.output for c in result.stages}
+
+
+async def run_leaf(
+    job: LeafJob,
+    flow_pipeline: Pipeline,
+    engine: Engine,
+    checkpoint: LeafCheckpoint,
+    metadata: SampleMetadata,
+) -> tuple[LeafResult, list[Record]]:
+    """Runs (or resumes, or skips when finished) one leaf; GenerationError when nothing survives."""
+    done = checkpoint.result()
+    if done is not None:
+        log.info("leaf %s: finished earlier, %d samples", job.path, done.samples)
+        return done, checkpoint.samples()
+    flow = flow_pipeline.flow(job.leaf_type)
+    counts, rows = checkpoint.resume() or ([], job.rows)
+    if counts:
+        log.info("leaf %s: resuming after stage %s", job.path, counts[-1].stage)
+    for block in flow.blocks[len(counts) :]:
+        rows, count = await engine.run(block, rows, salt=job.path)
+        checkpoint.save_stage(count, rows)
+        counts.append(count)
+        log.info("leaf %s: %s %d -> %d", job.path, count.stage, count.input, count.output)
+    if not rows:
+        stages = ", ".join(
+            f"{c.stage} {c.input}->{c.output}" + (f" ({c.malformed} malformed)" if c.malformed else "")
+            for c in counts
+        )
+        raise GenerationError(f"leaf {job.path}: no sample survived the pipeline ({stages})")
+    where = f"pipeline {flow_pipeline.name!r} {job.leaf_type} sample"
+    samples = []
+    for index, row in enumerate(rows):
+        messages = to_messages(flow.sample, row, where)
+        samples.append(
+            Record.model_validate(
+                {
+                    "id": record_id(job.path, str(index), json.dumps(messages)),
+                    "messages": messages,
+                    "metadata": metadata,
+                }
+            )
+        )
+    result = LeafResult(path=job.path, leaf_type=job.leaf_type, stages=counts, samples=len(samples))
+    checkpoint.finish(result, samples)
+    return result, samples
+
+
+def _generated(result: LeafResult, flow_pipeline: Pipeline) -> int:
+    """Rows out of the leaf's first generation stage: the candidates before any filter."""
+    blocks = flow_pipeline.flow(result.leaf_type).blocks
+    first = next((i for i, b in enumerate(blocks) if isinstance(b, GenerateBlock)), 0)
+    return result.stages[first].output if first < len(result.stages) else 0
+
+
+@dataclass
+class _Run:
+    config: GenerateConfig
+    pipeline: Pipeline
+    teacher: Teacher
+    metrics: GeneratorMetrics
+    commit: str
+    output: Path
+
+    def _dataset(self, name: str, records: list[Record]) -> DatasetOutput | None:
+        if not records:
+            return None
+        digest = write_jsonl(self.output / f"{name}.jsonl", records)
+        return DatasetOutput(
+            uri=f"{self.config.output.rstrip('/')}/{name}.jsonl", samples=len(records), sha256=digest
+        )
+
+    async def leaves(self, jobs: list[LeafJob]) -> tuple[list[LeafResult], list[Record], list[str]]:
+        scale = self.config.scale
+        engine = Engine(self.teacher, self.metrics, self.pipeline.system, scale.seed, scale.samples_per_seed)
+        results: dict[str, tuple[LeafResult, list[Record]]] = {}
+        failures: dict[str, str] = {}
+
+        async def one(job: LeafJob) -> None:
+            checkpoint = LeafCheckpoint(self.output / "checkpoints", job.path, job.fingerprint)
+            metadata = SampleMetadata(
+                source="generated",
+                leaf=job.path,
+                leaf_type=job.leaf_type,
+                pipeline=self.pipeline.name,
+                teacher=self.teacher.model_name,
+                taxonomy_commit=self.commit,
+            )
+            try:
+                results[job.path] = await run_leaf(job, self.pipeline, engine, checkpoint, metadata)
+            except GenerationError as error:
+                failures[job.path] = str(error)
+                return
+            self.metrics.leaves_done.inc()
+            self.metrics.samples_kept.inc(results[job.path][0].samples)
+            self.metrics.samples_generated.inc(_generated(results[job.path][0], self.pipeline))
+
+        # Leaves run side by side so the teacher always has work queued; a teacher failure stops all.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job in jobs:
+                    group.create_task(one(job))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        ordered = [results[j.path] for j in jobs if j.path in results]
+        return (
+            [r for r, _ in ordered],
+            [s for _, samples in ordered for s in samples],
+            [failures[j.path] for j in jobs if j.path in failures],
+        )
+
+    def write_report(self, results: list[LeafResult], failures: list[str]) -> None:
+        report = Report(
+            taxonomy_commit=self.commit,
+            teacher_model=self.teacher.model_name,
+            pipeline=self.pipeline.name,
+            leaves=results,
+            failures=failures,
+        )
+        (self.output / "report.json").write_text(report.model_dump_json(indent=1))
+
+    def write_datasets(self, results: list[LeafResult], samples: list[Record]) -> GenerateSummary:
+        knowledge = [s for s in samples if s.metadata.leaf_type == "knowledge"]
+        skills = [s for s in samples if s.metadata.leaf_type != "knowledge"]
+        mixing = self.config.mixing
+        replays = [
+            read_replay(resolve_artifact(r.uri, self.config.artifact_root), r.uri) for r in mixing.replay
+        ]
+        phase1, phase2 = mix(knowledge, skills, mixing, replays, self.config.scale.seed)
+        outputs = GenerationOutputs(
+            knowledge=self._dataset("knowledge", phase1), skills=self._dataset("skills", phase2)
+        )
+        stages: Counter[str] = Counter()
+        for result in results:
+            stages.update({f"{result.leaf_type}/{stage}": n for stage, n in _stage_summary(result).items()})
+        summary = GenerateSummary(
+            taxonomy_commit=self.commit,
+            teacher_model=self.teacher.model_name,
+            pipeline=self.pipeline.name,
+            outputs=outputs,
+            leaves_done=len(results),
+            leaves_total=len(results),
+            samples_generated=sum(_generated(r, self.pipeline) for r in results),
+            samples_kept=len(samples),
+            stages=dict(stages),
+            leaves=[LeafSummary(path=r.path, stages=_stage_summary(r)) for r in results],
+            report=f"{self.config.output.rstrip('/')}/report.json",
+        )
+        return summaries.fit(summary, ("leaves",))
+
+
+def load_pipeline(config: GenerateConfig) -> Pipeline:
+    if config.pipeline.path:
+        return pipeline.load(resolve_artifact(config.pipeline.path, config.artifact_root))
+    return pipeline.load_builtin(config.pipeline.builtin or "simple")
+
+
+def _jobs(
+    config: GenerateConfig,
+    root: Path,
+    flow_pipeline: Pipeline,
+    count: TokenCounter,
+    teacher: str,
+    documents_cache: Path,
+) -> list[LeafJob]:
+    base = config.base if config.leaves == "changed" else EMPTY_BASE
+    result = scan(root, base=base, include=config.include, exclude=config.exclude, validate="changed")
+    selected = {f.path: f for f in result.report.files if f.path in set(result.changed)}
+    errors = [(f.path, i) for f in selected.values() for i in f.errors]
+    if errors:
+        path, issue = errors[0]
+        raise ConfigError(
+            f"the taxonomy has {len(errors)} error(s) in the selected leaves; first: "
+            f"{path}:{issue.line}: {issue.message}"
+        )
+    leaves = [(f.path, f.leaf_type, f.contents) for f in selected.values() if f.leaf_type and f.contents]
+    if not leaves:
+        raise ConfigError(f"no leaves to generate for (leaves={config.leaves}, base={base})")
+    jobs = []
+    for path, leaf_type, contents in leaves:
+        documents = (
+            fetch(DocumentSource.model_validate(contents["document"]), documents_cache, config.taxonomy)
+            if leaf_type == "knowledge"
+            else []
+        )
+        rows = rows_for(leaf_type, contents, documents, count, config.scale.chunk_tokens)
+        fingerprint = _fingerprint(
+            flow_pipeline.fingerprint(), rows, config.scale.samples_per_seed, config.scale.seed, teacher
+        )
+        jobs.append(LeafJob(path, leaf_type, rows, fingerprint))
+    return jobs
+
+
+async def generate_async(
+    config: GenerateConfig, *, teacher: Teacher | None = None, metrics: GeneratorMetrics | None = None
+) -> GenerateSummary:
+    """Runs the generation; a teacher may be handed in (tests, benchmarks), else it is made from
+    the config. Raises ConfigError, TeacherError, GitError or GenerationError."""
+    metrics = metrics or GeneratorMetrics()
+    flow_pipeline = load_pipeline(config)
+    output = resolve_artifact(config.output, config.artifact_root)
+    output.mkdir(parents=True, exist_ok=True)
+    owned = teacher is None
+    teacher = teacher or make_teacher(config.teacher, config.artifact_root, metrics)
+    try:
+        with tempfile.TemporaryDirectory(prefix="labtune-generate-") as workdir:
+            root = Path(workdir) / "taxonomy"
+            base = config.base if config.leaves == "changed" else EMPTY_BASE
+            commit = gitrepo.clone(config.taxonomy, root, base=base)
+            count = token_counter(config.teacher, config.artifact_root, teacher)
+            jobs = _jobs(config, root, flow_pipeline, count, teacher.model_name, Path(workdir) / "documents")
+        metrics.leaves_total.set(len(jobs))
+        run = _Run(config, flow_pipeline, teacher, metrics, commit, output)
+        results, samples, failures = await run.leaves(jobs)
+    finally:
+        if owned:
+            await teacher.aclose()
+    run.write_report(results, failures)
+    if failures:
+        # The finished leaves stay checkpointed; no dataset is written without every leaf.
+        raise GenerationError(
+            f"{len(failures)} of {len(jobs)} leaves produced nothing: {'; '.join(failures)}"
+        )
+    return run.write_datasets(results, samples)
+
+
+def generate(
+    config: GenerateConfig, *, teacher: Teacher | None = None, metrics: GeneratorMetrics | None = None
+) -> GenerateSummary:
+    """generate_async, run to completion."""
+    return asyncio.run(generate_async(config, teacher=teacher, metrics=metrics))

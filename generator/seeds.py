@@ -1,0 +1,94 @@
+"""The seed rows a pipeline starts from, built from a leaf's qna.yaml (and, for knowledge, the
+chunks of its documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from labtune.generator.chunking import TokenCounter, chunk
+from labtune.generator.documents import Document, DocumentSource
+from labtune.generator.engine import Row
+from labtune.generator.leaves import LeafType
+
+
+class _Qna(BaseModel):
+    # Validated against InstructLab's schema already; only the fields generation uses are read.
+    model_config = ConfigDict(extra="ignore")
+
+
+class QuestionAnswer(_Qna):
+    question: str
+    answer: str
+
+
+class KnowledgeSeed(_Qna):
+    context: str
+    questions_and_answers: list[QuestionAnswer]
+
+
+class KnowledgeQna(_Qna):
+    domain: str
+    document_outline: str
+    seed_examples: list[KnowledgeSeed]
+    document: DocumentSource
+
+
+class SkillSeed(_Qna):
+    question: str
+    answer: str
+    context: str | None = None
+
+
+class SkillQna(_Qna):
+    task_description: str
+    seed_examples: list[SkillSeed]
+
+
+def knowledge_rows(
+    qna: KnowledgeQna, documents: list[Document], count: TokenCounter, chunk_tokens: int
+) -> list[Row]:
+    """One row per (document chunk, seed example): the chunk to write about, the seed as example."""
+    rows = []
+    for document in documents:
+        for text in chunk(document.text, count, chunk_tokens):
+            for seed in qna.seed_examples:
+                rows.append(
+                    {
+                        "domain": qna.domain,
+                        "document_outline": qna.document_outline,
+                        "document": text,
+                        "source": document.path,
+                        "icl_context": seed.context,
+                        "icl_pairs": [qa.model_dump() for qa in seed.questions_and_answers],
+                    }
+                )
+    return rows
+
+
+def skill_rows(qna: SkillQna) -> list[Row]:
+    """One row per seed example, which serves as the in-context example."""
+    rows: list[Row] = []
+    for seed in qna.seed_examples:
+        row: dict[str, Any] = {
+            "task_description": qna.task_description,
+            "icl_question": seed.question,
+            "icl_answer": seed.answer,
+        }
+        if seed.context:
+            row["icl_context"] = seed.context
+        rows.append(row)
+    return rows
+
+
+def rows_for(
+    leaf_type: LeafType,
+    contents: dict[str, Any],
+    documents: list[Document],
+    count: TokenCounter,
+    chunk_tokens: int,
+) -> list[Row]:
+    if leaf_type == "knowledge":
+        return knowledge_rows(KnowledgeQna.model_validate(contents), documents, count, chunk_tokens)
+    return skill_rows(SkillQna.model_validate(contents))

@@ -1,0 +1,130 @@
+"""A teacher run in-process with transformers (CPU and tests): requests are grouped by their
+sampling settings, sorted by length to limit padding, and generated in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from labtune.contract import ConfigError
+from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.teacher import Completion, CompletionRequest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """A tokenizer from a Hugging Face folder or a .gguf file."""
+    from transformers import AutoTokenizer
+
+    folder, gguf = _location(path)
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    return tokenizer
+
+
+def _location(path: Path) -> tuple[Path, str | None]:
+    if not path.exists():
+        raise ConfigError(f"teacher model {path} does not exist")
+    return (path.parent, path.name) if path.suffix == ".gguf" else (path, None)
+
+
+class TransformersTeacher:
+    def __init__(self, path: Path, *, batch_size: int, metrics: GeneratorMetrics) -> None:
+        from transformers import AutoModelForCausalLM
+
+        folder, gguf = _location(path)
+        self.tokenizer = load_tokenizer(path)
+        # Left padding: every row of a batch ends where generation starts.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Any: transformers types `generate` against a protocol no concrete model class satisfies.
+        self.model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+        self._name = path.name
+        self._batch_size = batch_size
+        self._metrics = metrics
+        self._lock = threading.Lock()  # one generate at a time: the model is not re-entrant
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    async def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        return await asyncio.to_thread(self._generate_locked, requests)
+
+    def _generate_locked(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        with self._lock:
+            return self.generate(requests)
+
+    async def aclose(self) -> None:
+        return None
+
+    def render(self, request: CompletionRequest) -> str:
+        """The prompt text with the model's chat template applied."""
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": request.prompt})
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert isinstance(text, str)  # tokenize=False
+        return text
+
+    def generate(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        """Completions for the requests, in order (blocking)."""
+        groups: dict[tuple[int, float], list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            groups[(request.max_tokens, request.temperature)].append(index)
+        results: list[Completion | None] = [None] * len(requests)
+        for indices in groups.values():
+            prompts = {i: self.render(requests[i]) for i in indices}
+            ordered = sorted(indices, key=lambda i: len(prompts[i]))
+            for start in range(0, len(ordered), self._batch_size):
+                batch = ordered[start : start + self._batch_size]
+                replies = self.generate_batch([prompts[i] for i in batch], requests[batch[0]])
+                for i, reply in zip(batch, replies, strict=True):
+                    results[i] = reply
+        return [r for r in results if r is not None]
+
+    def generate_batch(self, prompts: list[str], settings: CompletionRequest) -> list[Completion]:
+        """One batched `generate` call; the batch shares the settings (and the seed) of `settings`."""
+        import torch
+
+        started = time.monotonic()
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": settings.temperature, "top_p": 0.95}
+            if settings.temperature > 0
+            else {"do_sample": False}
+        )
+        torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **encoded,
+                max_new_tokens=settings.max_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        prompt_length = encoded["input_ids"].shape[1]
+        replies = []
+        for row, mask in zip(output, encoded["attention_mask"], strict=True):
+            generated = row[prompt_length:]
+            stop = (generated == self.tokenizer.eos_token_id).nonzero()
+            if len(stop):
+                generated = generated[: int(stop[0])]
+            replies.append(
+                Completion(
+                    text=self.tokenizer.decode(generated, skip_special_tokens=True),
+                    prompt_tokens=int(mask.sum()),
+                    completion_tokens=len(generated),
+                )
+            )
+        elapsed = time.monotonic() - started
+        for reply in replies:
+            self._metrics.requests.labels("ok").inc()
+            self._metrics.latency.observe(elapsed)
+            self._metrics.record_tokens(reply.prompt_tokens, reply.completion_tokens)
+        return replies

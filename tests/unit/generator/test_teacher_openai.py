@@ -1,0 +1,198 @@
+"""The OpenAI-compatible teacher against a small scripted HTTP server on loopback: bounded
+concurrency, retries, rejections, API key, chat and completions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from labtune.contract import ConfigError
+from labtune.contract.generate import TeacherConfig
+from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.teacher import CompletionRequest, TeacherError
+from labtune.generator.teacher_openai import OpenAITeacher
+
+if TYPE_CHECKING:
+    from conftest import TlsFiles
+
+
+class Script:
+    """What the server answers: `status` per prompt (default 200), a delay, and what it saw."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, int] = {}
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls: list[tuple[str, dict[str, Any], str | None]] = []
+
+
+def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["prompt"] if "prompt" in body else body["messages"][-1]["content"]
+            with script.lock:
+                script.calls.append((self.path, body, self.headers.get("Authorization")))
+                script.in_flight += 1
+                script.max_in_flight = max(script.max_in_flight, script.in_flight)
+            time.sleep(script.delay)
+            with script.lock:
+                script.in_flight -= 1
+            status = script.status.get(prompt, 200)
+            usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            choice = (
+                {"index": 0, "text": f"re: {prompt}", "finish_reason": "stop"}
+                if "prompt" in body
+                else {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": f"re: {prompt}"},
+                    "finish_reason": "stop",
+                }
+            )
+            reply = (
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [choice],
+                    "usage": usage,
+                }
+                if status == 200
+                else {"error": {"message": "nope", "type": "invalid_request_error"}}
+            )
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+@contextmanager
+def _serve(tls: TlsFiles | None = None) -> Iterator[tuple[str, Script]]:
+    script = Script()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert, tls.key)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}/v1", script
+    httpd.shutdown()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Script]]:
+    with _serve() as served:
+        yield served
+
+
+def _requests(*prompts: str) -> list[CompletionRequest]:
+    return [
+        CompletionRequest(prompt=p, system="sys", max_tokens=8, temperature=0.5, seed=i)
+        for i, p in enumerate(prompts)
+    ]
+
+
+def _complete(
+    config: TeacherConfig, requests: list[CompletionRequest], metrics: GeneratorMetrics | None = None
+) -> list[str | None]:
+    async def run() -> list[str | None]:
+        teacher = OpenAITeacher(config, metrics or GeneratorMetrics())
+        try:
+            return [c.text for c in await teacher.complete(requests)]
+        finally:
+            await teacher.aclose()
+
+    return asyncio.run(run())
+
+
+def test_chat_with_bounded_concurrency(server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, script = server
+    script.delay = 0.1
+    monkeypatch.setenv("TEACHER_KEY", "from-env")
+    config = TeacherConfig(model="m", url=url, max_concurrency=3, api_key_env="TEACHER_KEY")
+    metrics = GeneratorMetrics()
+    prompts = [f"p{i}" for i in range(12)]
+    assert _complete(config, _requests(*prompts), metrics) == [f"re: {p}" for p in prompts]
+    assert script.max_in_flight == 3
+    path, body, auth = script.calls[0]
+    assert path == "/v1/chat/completions"
+    assert body["messages"][0] == {"role": "system", "content": "sys"}
+    assert (body["max_tokens"], body["temperature"], body["model"]) == (8, 0.5, "m")
+    assert auth == "Bearer from-env"
+    assert (
+        metrics.registry.get_sample_value("labtune_generator_teacher_requests_total", {"outcome": "ok"}) == 12
+    )
+    assert (
+        metrics.registry.get_sample_value("labtune_generator_teacher_tokens_total", {"direction": "out"})
+        == 24
+    )
+    assert metrics.registry.get_sample_value("labtune_generator_teacher_request_seconds_count") == 12
+
+
+def test_completions_api_and_key_file(server: tuple[str, Script], tmp_path: Path) -> None:
+    url, script = server
+    (tmp_path / "key").write_text("from-file\n")
+    config = TeacherConfig(model="m", url=url, api="completions", api_key_file=str(tmp_path / "key"))
+    assert _complete(config, _requests("hello")) == ["re: sys\n\nhello"]
+    path, _, auth = script.calls[0]
+    assert (path, auth) == ("/v1/completions", "Bearer from-file")
+
+
+def test_rejected_request_is_dropped_not_fatal(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.status["too long"] = 400
+    metrics = GeneratorMetrics()
+    texts = _complete(TeacherConfig(model="m", url=url), _requests("ok", "too long"), metrics)
+    assert texts == ["re: ok", None]
+    assert (
+        metrics.registry.get_sample_value("labtune_generator_teacher_requests_total", {"outcome": "rejected"})
+        == 1
+    )
+
+
+def test_failing_server_is_retried_then_one_clear_error(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.status["boom"] = 503
+    with pytest.raises(TeacherError, match=r"teacher m at .* failed after 2 retries: InternalServerError"):
+        _complete(TeacherConfig(model="m", url=url, max_retries=2), _requests("boom"))
+    assert len(script.calls) == 3
+
+
+def test_unreachable_teacher(tmp_path: Path) -> None:
+    config = TeacherConfig(model="m", url="http://127.0.0.1:9/v1", max_retries=1, timeout_seconds=2)
+    with pytest.raises(TeacherError, match="failed after 1 retries: APIConnectionError"):
+        _complete(config, _requests("hello"))
+    with pytest.raises(ConfigError, match="cannot read the teacher API key file"):
+        OpenAITeacher(
+            TeacherConfig(model="m", url="http://x", api_key_file=str(tmp_path / "none")), GeneratorMetrics()
+        )
+
+
+def test_private_tls_endpoint_with_a_custom_ca(tmp_path: Path, make_tls: Callable[[Path], TlsFiles]) -> None:
+    tls = make_tls(tmp_path)
+    with _serve(tls) as (url, _):
+        assert _complete(TeacherConfig(model="m", url=url, ca_file=str(tls.ca)), _requests("hi")) == [
+            "re: hi"
+        ]
+        with pytest.raises(TeacherError, match="APIConnectionError"):
+            _complete(TeacherConfig(model="m", url=url, max_retries=0), _requests("hi"))

@@ -1,0 +1,170 @@
+"""Progress while training: Prometheus gauges on the metrics port (the names the operator reads
+are in labtune.contract.metrics) and one readable log line per logging step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import torch
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from labtune.contract import metrics as names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunProgress:
+    """Optimizer steps per phase over the whole run: estimated up front, exact once a phase starts."""
+
+    phase_steps: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.phase_steps.values())
+
+    def done_before(self, phase: str) -> int:
+        """Steps of the phases before this one (phases run in dict order)."""
+        names_before = list(self.phase_steps)[: list(self.phase_steps).index(phase)]
+        return sum(self.phase_steps[name] for name in names_before)
+
+
+class TrainerMetrics:
+    """The gauges, in a registry of their own, served on `port` (0: not served)."""
+
+    def __init__(self, port: int) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # resident memory, CPU seconds
+        gauge = self._gauge
+        self.step = gauge(names.TRAIN_STEP, "Optimizer steps done over all phases")
+        self.total_steps = gauge(names.TRAIN_TOTAL_STEPS, "Optimizer steps over all phases")
+        self.epoch = gauge(names.TRAIN_EPOCH, "Fractional epoch within the current phase")
+        self.loss = gauge(names.TRAIN_LOSS, "Training loss at the last logging step")
+        self.eval_loss = gauge(names.TRAIN_EVAL_LOSS, "Held-out loss at the last evaluation")
+        self.learning_rate = gauge(names.TRAIN_LEARNING_RATE, "Current learning rate")
+        self.tokens_per_second = gauge(
+            names.TRAIN_TOKENS_PER_SECOND, "Input tokens per second, all processes"
+        )
+        self.eta_seconds = gauge(names.TRAIN_ETA_SECONDS, "Estimated seconds until all phases are done")
+        self.progress = gauge("labtune_train_progress_ratio", "Steps done over all steps, 0 to 1")
+        self.gpu_memory = gauge("labtune_train_gpu_memory_bytes", "Peak GPU memory allocated by this process")
+        self.phase = Gauge(
+            names.TRAIN_PHASE, "1 for the phase training now", ["phase"], registry=self.registry
+        )
+        self._server: WSGIServer | None = None
+        if port:
+            self._server, _ = start_http_server(port, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class ProgressCallback(TrainerCallback):
+    """Updates the gauges (on the process that serves them) and logs progress (on process 0)."""
+
+    def __init__(self, phase: str, progress: RunProgress, metrics: TrainerMetrics | None) -> None:
+        self.phase = phase
+        self.progress = progress
+        self.metrics = metrics
+        self._started = self._last_log = time.monotonic()
+        self._first_step = self._last_tokens = 0
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        self.progress.phase_steps[self.phase] = state.max_steps
+        self._started = self._last_log = time.monotonic()
+        self._first_step, self._last_tokens = state.global_step, state.num_input_tokens_seen
+        if self.metrics is not None:
+            for name in self.progress.phase_steps:
+                self.metrics.phase.labels(phase=name).set(1 if name == self.phase else 0)
+            self.metrics.total_steps.set(self.progress.total)
+        self._update_steps(state)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        self._update_steps(state)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self._training_log(state, logs)
+        if "eval_loss" in logs:
+            if self.metrics is not None:
+                self.metrics.eval_loss.set(logs["eval_loss"])
+            if state.is_world_process_zero:
+                log.info("%s step %d: eval loss %.4f", self.phase, state.global_step, logs["eval_loss"])
+
+    def _training_log(self, state: TrainerState, logs: dict[str, float]) -> None:
+        now = time.monotonic()
+        tokens_per_second = (state.num_input_tokens_seen - self._last_tokens) / max(
+            now - self._last_log, 1e-9
+        )
+        self._last_log, self._last_tokens = now, state.num_input_tokens_seen
+        if self.metrics is not None:
+            self.metrics.loss.set(logs["loss"])
+            self.metrics.learning_rate.set(logs.get("learning_rate", 0.0))
+            self.metrics.tokens_per_second.set(tokens_per_second)
+            if torch.cuda.is_available():
+                self.metrics.gpu_memory.set(torch.cuda.max_memory_allocated())
+        if state.is_world_process_zero:
+            done, total = self._done(state), self.progress.total
+            eta = self._eta(state)
+            log.info(
+                "%s step %d/%d | all phases %d/%d (%d%%) | epoch %.2f | loss %.4f | lr %.2e | %.0f tok/s%s",
+                self.phase,
+                state.global_step,
+                state.max_steps,
+                done,
+                total,
+                100 * done // max(total, 1),
+                state.epoch or 0.0,
+                logs["loss"],
+                logs.get("learning_rate", 0.0),
+                tokens_per_second,
+                f" | eta {_duration(eta)}" if eta is not None else "",
+            )
+
+    def _done(self, state: TrainerState) -> int:
+        return self.progress.done_before(self.phase) + state.global_step
+
+    def _eta(self, state: TrainerState) -> float | None:
+        steps = state.global_step - self._first_step
+        if steps <= 0:
+            return None
+        per_step = (time.monotonic() - self._started) / steps
+        return per_step * max(self.progress.total - self._done(state), 0)
+
+    def _update_steps(self, state: TrainerState) -> None:
+        if self.metrics is None:
+            return
+        done, total = self._done(state), self.progress.total
+        self.metrics.step.set(done)
+        self.metrics.epoch.set(state.epoch or 0.0)
+        self.metrics.progress.set(done / total if total else 0.0)
+        eta = self._eta(state)
+        if eta is not None:
+            self.metrics.eta_seconds.set(eta)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,95 @@
+"""Training records: JSONL in the messages format (the generator's output and InstructLab SDG's
+`knowledge_train_msgs` / `skills_train_msgs` files), validated line by line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from labtune.contract import ConfigError
+
+# InstructLab SDG's phase-1 knowledge records carry one `pretraining` message holding the whole
+# exchange as "<|user|>\n…\n<|assistant|>\n…" (or Granite's start_of_role form); InstructLab's
+# training library unrolls it into user/assistant turns trained whole, and so does this.
+_PRETRAINING_TURN = re.compile(r"<\|(?:start_of_role\|>)?(user|assistant)(?:<\|end_of_role)?\|>\n")
+_PRETRAINING_END = ("<|endoftext|>", "<|end_of_text|>")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Sample(BaseModel):
+    """One conversation. `unmask` trains on every message but the system prompt; otherwise only
+    the assistant turns are trained. Other keys (id, metadata) are carried along unread."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[Message] = Field(min_length=1)
+    unmask: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unroll_pretraining(cls, data: object) -> object:
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            return data
+        messages = data["messages"]
+        if not any(isinstance(m, dict) and m.get("role") == "pretraining" for m in messages):
+            return data
+        unrolled: list[object] = []
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") == "pretraining":
+                unrolled.extend(_pretraining_turns(str(message.get("content", ""))))
+            else:
+                unrolled.append(message)
+        return {**data, "messages": unrolled, "unmask": True}
+
+    @model_validator(mode="after")
+    def _has_assistant_turn(self) -> Sample:
+        if not any(m.role == "assistant" for m in self.messages):
+            raise ValueError("the sample has no assistant turn")
+        return self
+
+
+def _pretraining_turns(text: str) -> list[dict[str, str]]:
+    parts = _PRETRAINING_TURN.split(text)
+    turns = []
+    for role, content in zip(parts[1::2], parts[2::2], strict=True):
+        for end in _PRETRAINING_END:
+            content = content.replace(end, "")
+        turns.append({"role": role, "content": content.removesuffix("\n")})
+    return turns
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """Every sample of a JSONL file; an unreadable file, a bad line or an empty file is a
+    ConfigError naming the file (and line)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(f"dataset {path}: {reason}") from None
+    samples = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(Sample.model_validate(json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"dataset {path} line {number}: not JSON: {error.msg}") from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            reason = first["msg"].removeprefix("Value error, ")
+            detail = f"{where}: {reason}" if where else reason
+            raise ConfigError(f"dataset {path} line {number}: {detail}") from None
+    if not samples:
+        raise ConfigError(f"dataset {path} has no samples")
+    return samples

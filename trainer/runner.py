@@ -1,0 +1,178 @@
+"""`labtune train`: the phases in order, then the outputs and the summary.
+
+Started again with the same config, a run picks up where it stopped: finished phases are read
+from their result.json, the current phase resumes from its latest complete checkpoint, and a
+finished run only reports its summary again."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from labtune.api.tuning_job import CheckpointRecord, TuningOutput
+from labtune.contract import ConfigError, resolve_artifact
+from labtune.contract.train import TrainConfig, TrainSummary
+from labtune.trainer import processes
+from labtune.trainer.export import export_outputs
+from labtune.trainer.layout import Layout, PhaseResult, write_text_atomic
+from labtune.trainer.metrics import ProgressCallback, RunProgress, TrainerMetrics
+from labtune.trainer.modeling import check_base_model, load_tokenizer, phase_model
+from labtune.trainer.phases import PhaseRun, batch_shape, estimated_steps, train_phase
+from labtune.trainer.preemption import Preempted, StopRequest
+from labtune.trainer.records import read_samples
+from labtune.trainer.splits import PhaseData, prepare_phase_data, split_samples
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ between a run and its restart (they do not change what is trained).
+_RUNTIME_FIELDS = {"artifact_root", "metrics_port", "termination_log", "logging_steps"}
+
+
+def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
+    """Runs (or resumes) the job and returns its summary; raises ConfigError on bad input and
+    Preempted when stopped by a stop request after saving a checkpoint."""
+    layout = Layout(resolve_artifact(config.output, config.artifact_root), config.output)
+    if layout.summary.exists():
+        log.info("the run in %s is done; reporting its summary again", config.output)
+        return TrainSummary.model_validate_json(layout.summary.read_text())
+    base = resolve_artifact(config.base_model.uri, config.artifact_root)
+    check_base_model(base, config.base_model.uri)
+    tokenizer = load_tokenizer(base, config.base_model.chat_template)
+    data = _phase_data(config, tokenizer)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _check_same_run(config, layout)
+    if processes.rank() == 0:
+        layout.remove_temporaries()
+
+    results, runs = _train_phases(config, layout, base, tokenizer, data, stop)
+    last = results[-1]
+    output = TuningOutput()
+    if processes.rank() == 0:
+        best = layout.phase(config.phases[-1].name) / last.best_checkpoint
+        output = export_outputs(config, layout, base, best, tokenizer)
+    seconds = sum(run.seconds_this_run for run in runs)
+    summary = TrainSummary(
+        output=output,
+        metrics=last.metrics.model_copy(
+            update={"tokens_per_second": sum(r.tokens_this_run for r in runs) / seconds if seconds else None}
+        ),
+        best_eval_loss=last.best_eval_loss,
+        steps=sum(r.summary.steps for r in results),
+        tokens=sum(r.summary.tokens for r in results),
+        checkpoints=[
+            CheckpointRecord(
+                phase=phase.name,
+                step=result.best_step,
+                uri=layout.uri_of(layout.phase(phase.name) / result.best_checkpoint),
+                eval_loss=result.best_eval_loss,
+            )
+            for phase, result in zip(config.phases, results, strict=True)
+        ],
+        phases=[r.summary for r in results],
+    )
+    if processes.rank() == 0:
+        write_text_atomic(layout.summary, summary.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+    processes.barrier()
+    return TrainSummary.model_validate_json(layout.summary.read_text())
+
+
+def _check_same_run(config: TrainConfig, layout: Layout) -> None:
+    """A restart must not mix checkpoints of a different config into its run."""
+    recorded = json.dumps(config.model_dump(mode="json", exclude=_RUNTIME_FIELDS), sort_keys=True)
+    if layout.config.exists():
+        if layout.config.read_text() != recorded:
+            raise ConfigError(f"output {config.output} holds a run of a different config; use a new output")
+    elif processes.rank() == 0:
+        write_text_atomic(layout.config, recorded)
+
+
+def _phase_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, PhaseData]:
+    """Every phase's samples, read and tokenized up front: bad data fails before any training."""
+    splits = {}
+    for dataset in sorted({phase.dataset for phase in config.phases}):
+        path = resolve_artifact(getattr(config.datasets, dataset), config.artifact_root)
+        splits[dataset] = split_samples(read_samples(path), config.evaluation.held_out_fraction, config.seed)
+    return {
+        phase.name: prepare_phase_data(splits[phase.dataset], tokenizer, phase.max_seq_len, phase.name)
+        for phase in config.phases
+    }
+
+
+def _read_result(layout: Layout, phase: str) -> PhaseResult | None:
+    path = layout.phase_result(phase)
+    return PhaseResult.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def _train_phases(
+    config: TrainConfig,
+    layout: Layout,
+    base: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    data: dict[str, PhaseData],
+    stop: StopRequest,
+) -> tuple[list[PhaseResult], list[PhaseRun]]:
+    """Each phase's result (trained now or read back) and the runs made by this process."""
+    world = processes.world_size()
+    done = {phase.name: _read_result(layout, phase.name) for phase in config.phases}
+    progress = RunProgress(
+        {
+            phase.name: result.summary.steps
+            if (result := done[phase.name])
+            else estimated_steps(
+                len(data[phase.name].train),
+                phase.epochs,
+                batch_shape(phase.effective_batch_size, config.micro_batch_size, world),
+                world,
+            )
+            for phase in config.phases
+        }
+    )
+    metrics = TrainerMetrics(config.metrics_port) if processes.local_rank() == 0 else None
+    results: list[PhaseResult] = []
+    runs: list[PhaseRun] = []
+    start: Path | None = None
+    try:
+        for phase in config.phases:
+            result = done[phase.name]
+            if result is None:
+                if stop.requested:
+                    raise Preempted(f"stopped before phase {phase.name}")
+                phase_data = data[phase.name]
+                log.info(
+                    "phase %s: %d training samples, %d held out, %d dropped (longer than %d tokens)",
+                    phase.name,
+                    len(phase_data.train),
+                    len(phase_data.held_out),
+                    phase_data.dropped,
+                    phase.max_seq_len,
+                )
+                set_seed(config.seed)  # the adapter's initial weights, like every run of this config
+                model = phase_model(base, config.method, start)
+                callbacks = [ProgressCallback(phase.name, progress, metrics)]
+                run = train_phase(
+                    config,
+                    phase,
+                    phase_data,
+                    model,
+                    tokenizer,
+                    layout.phase(phase.name),
+                    callbacks,
+                    stop,
+                    world,
+                )
+                del model
+                gc.collect()
+                runs.append(run)
+                result = run.result
+                if processes.rank() == 0:
+                    write_text_atomic(layout.phase_result(phase.name), result.model_dump_json(indent=2))
+            results.append(result)
+            start = layout.phase(phase.name) / result.best_checkpoint
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return results, runs
