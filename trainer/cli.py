@@ -47,6 +47,7 @@ def run(config_path: Path) -> int:
     from labtune.trainer.launcher import launch, needs_launch, record_exit
     from labtune.trainer.preemption import Preempted, StopRequest
     from labtune.trainer.runner import train as train_run
+
     stop = StopRequest()
     try:
         config = load_config(config_path, TrainConfig)

@@ -67,10 +67,8 @@ class PreemptionCallback(TrainerCallback):
     ) -> TrainerControl:
         if _on_any_process(self.request.requested, args.device):
             self.preempted = True
-            control.should_save = True
+            control.should_save = True  # evaluated only when the schedule says so
             control.should_training_stop = True
-            # Save at once; only a phase's last checkpoint needs its evaluation.
-            control.should_evaluate = control.should_evaluate and state.global_step >= state.max_steps
         return control
 
 

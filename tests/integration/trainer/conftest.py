@@ -15,34 +15,7 @@ from labtune.devcluster.models import smollm2_gguf
 from labtune.trainer.gguf_cache import hf_folder
 
 SYSTEM = "You are a helpful assistant."
-WORDS = [
-    "amber",
-    "birch",
-    "cedar",
-    "dune",
-    "ember",
-    "fjord",
-    "glade",
-    "heron",
-    "iris",
-    "juniper",
-    "kelp",
-    "lumen",
-    "maple",
-    "nova",
-    "onyx",
-    "pebble",
-    "quartz",
-    "raven",
-    "sage",
-    "tundra",
-    "umber",
-    "vale",
-    "willow",
-    "xenon",
-    "yarrow",
-    "zephyr",
-]
+WORDS = "amber birch cedar dune ember fjord glade heron iris juniper kelp lumen maple nova onyx pebble"
 
 
 def knowledge_record(n: int, word: str) -> dict[str, Any]:
@@ -80,8 +53,8 @@ def smollm2() -> Path:
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("datasets")
     files = {
-        "knowledge": [knowledge_record(n, w) for n, w in enumerate(WORDS)],
-        "skills": [skills_record(n, w) for n, w in enumerate(WORDS)],
+        "knowledge": [knowledge_record(n, w) for n, w in enumerate(WORDS.split())],
+        "skills": [skills_record(n, w) for n, w in enumerate(WORDS.split())],
     }
     for name, records in files.items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -94,7 +67,7 @@ def train_config(smollm2: Path, datasets: dict[str, Path]) -> Callable[..., Path
 
     def write(folder: Path, **overrides: Any) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        phase = {"maxSeqLen": 128, "effectiveBatchSize": 8}
+        phase = {"maxSeqLen": 128, "effectiveBatchSize": 4}
         config: dict[str, Any] = {
             "metricsPort": 0,
             "terminationLog": str(folder / "termination-log"),

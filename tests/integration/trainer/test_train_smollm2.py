@@ -73,12 +73,12 @@ def _phase_losses(run: Run, phase: str) -> list[float]:
 def test_loss_falls_and_both_dataset_formats_train(reference_run: Run) -> None:
     assert reference_run.returncode == 0
     summary = reference_run.summary
-    assert [(p.name, p.train_samples, p.eval_samples) for p in summary.phases] == [
-        ("knowledge", 21, 5),  # InstructLab SDG records (pretraining messages)
-        ("skills", 21, 5),  # the generator's records
+    assert [(p.name, p.train_samples, p.eval_samples, p.steps) for p in summary.phases] == [
+        ("knowledge", 13, 3, 8),  # InstructLab SDG records (pretraining messages), 2 epochs of 4 steps
+        ("skills", 13, 3, 4),  # the generator's records
     ]
     knowledge = _phase_losses(reference_run, "knowledge")
-    assert len(knowledge) == 6
+    assert len(knowledge) == 8
     assert knowledge[-1] < 0.8 * knowledge[0]
     assert summary.best_eval_loss is not None
     assert summary.output.adapter_sha256
@@ -101,12 +101,11 @@ def test_the_merged_model_reloads_with_the_adapters_eval_loss(
     reference_run: Run, smollm2: Path, datasets: dict[str, Path]
 ) -> None:
     merged = AutoModelForCausalLM.from_pretrained(reference_run.out / "model", dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
-    adapted = PeftModel.from_pretrained(base, str(reference_run.out / "adapter"))
     merged_loss = _held_out_loss(merged, smollm2, datasets["skills"])
-    assert merged_loss == pytest.approx(_held_out_loss(adapted, smollm2, datasets["skills"]), rel=1e-4)
     base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
     base_loss = _held_out_loss(base, smollm2, datasets["skills"])
+    adapted = PeftModel.from_pretrained(base, str(reference_run.out / "adapter"))
+    assert merged_loss == pytest.approx(_held_out_loss(adapted, smollm2, datasets["skills"]), rel=1e-4)
     assert merged_loss < base_loss  # and the tuning did something
 
 
@@ -133,7 +132,7 @@ def _first_step(process: subprocess.Popen[str], phase: str) -> int:
 def test_sigterm_saves_a_checkpoint_and_a_restart_resumes_to_the_uninterrupted_result(
     tmp_path: Path, train_config: Callable[..., Path], reference_run: Run
 ) -> None:
-    """The knowledge phase of the reference run, stopped by SIGTERM after step 3 and started again."""
+    """The knowledge phase of the reference run, stopped by SIGTERM during step 2 and started again."""
     port = _free_port()
     knowledge = train_config(tmp_path / "reference").read_text()  # the reference's phases
     config = train_config(tmp_path, metricsPort=port, mergeAdapter=False)
@@ -144,19 +143,19 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes_to_the_uninterrupted_r
     assert _first_step(process, "knowledge") == 1
     assert process.stderr is not None
     for line in process.stderr:
-        if "knowledge step 3/" in line:
+        if "knowledge step 1/" in line:
             metrics = _scrape(port)  # served while training
             process.send_signal(signal.SIGTERM)
             break
     process.stderr.read()
     assert process.wait(timeout=300) == EXIT_PREEMPTED
-    assert metrics[TRAIN_STEP] == 3
-    assert metrics[TRAIN_TOTAL_STEPS] == 6
+    assert metrics[TRAIN_STEP] == 1
+    assert metrics[TRAIN_TOTAL_STEPS] == 8
 
     out = tmp_path / "out"
     saved = [p for p in (out / "phases" / "knowledge").glob("checkpoint-*") if (p / COMPLETE).exists()]
     last = max(int(p.name.split("-")[1]) for p in saved)
-    assert 3 <= last < 6  # saved where it stopped, not at the phase's end
+    assert 2 <= last < 8  # saved where it stopped, not at the phase's end
     assert not (out / "adapter").exists()
     assert not (out / "summary.json").exists()
 
@@ -167,7 +166,7 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes_to_the_uninterrupted_r
     assert restarted.wait(timeout=900) == 0
     resumed = Run(tmp_path, 0).summary
     reference = json.loads((reference_run.out / "phases" / "knowledge" / "result.json").read_text())
-    assert resumed.steps == reference["summary"]["steps"] == 6
+    assert resumed.steps == reference["summary"]["steps"] == 8
     # Restored optimizer, schedule, RNG and data position: the same result, up to float noise.
     assert resumed.best_eval_loss == pytest.approx(reference["best_eval_loss"], rel=1e-3)
 
@@ -176,7 +175,7 @@ def test_two_processes_on_cpu_stop_on_sigterm_resume_and_train_the_same_adapter_
     tmp_path: Path, train_config: Callable[..., Path], reference_run: Run
 ) -> None:
     """`labtune train` starts torchrun (gloo); SIGTERM to it stops both workers at the same step."""
-    phase = {"name": "skills", "dataset": "skills", "epochs": 2, "maxSeqLen": 128, "effectiveBatchSize": 8}
+    phase = {"name": "skills", "dataset": "skills", "maxSeqLen": 128, "effectiveBatchSize": 4}
     config = train_config(tmp_path, distributed={"procsPerNode": 2}, phases=[phase], mergeAdapter=False)
     process = labtune_train(config, stderr=subprocess.PIPE)
     assert _first_step(process, "skills") == 1
@@ -191,7 +190,7 @@ def test_two_processes_on_cpu_stop_on_sigterm_resume_and_train_the_same_adapter_
 
     assert labtune_train(config).wait(timeout=900) == 0
     summary = Run(tmp_path, 0).summary
-    assert summary.phases[0].steps == 6  # 21 samples, 8 a step: 4 in each of 2 processes, 2 epochs
+    assert summary.phases[0].steps == 4  # 13 samples, 4 a step: 2 in each of 2 processes
     ddp = load_file(tmp_path / "out" / "adapter" / ADAPTER)
     single = load_file(reference_run.out / "adapter" / ADAPTER)
     assert {k: v.shape for k, v in ddp.items()} == {k: v.shape for k, v in single.items()}

@@ -28,20 +28,17 @@ def test_the_launchers_stop_file_requests_a_stop(tmp_path: Path, monkeypatch: py
     assert stop.requested
 
 
-@pytest.mark.parametrize(("step", "evaluates"), [(3, False), (10, True)])
-def test_a_stop_saves_at_the_end_of_the_step_and_evaluates_only_a_phases_last_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int, evaluates: bool
+@pytest.mark.parametrize("scheduled_evaluation", [False, True])
+def test_a_stop_saves_at_the_end_of_the_step_and_evaluates_only_when_scheduled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheduled_evaluation: bool
 ) -> None:
     monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "stop"))
     (tmp_path / "stop").touch()
     callback = PreemptionCallback(StopRequest())
-    control = TrainerControl(should_evaluate=True)
-    state = TrainerState(global_step=step, max_steps=10)
+    control = TrainerControl(should_evaluate=scheduled_evaluation)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    callback.on_step_end(args, state, control)
+    callback.on_step_end(args, TrainerState(global_step=3, max_steps=10), control)
     assert callback.preempted
-    assert (control.should_save, control.should_training_stop, control.should_evaluate) == (
-        True,
-        True,
-        evaluates,
-    )
+    assert control.should_save
+    assert control.should_training_stop
+    assert control.should_evaluate == scheduled_evaluation
