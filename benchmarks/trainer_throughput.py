@@ -104,7 +104,7 @@ def run_labtune(args: argparse.Namespace, model: Path, dataset: Path, folder: Pa
         ],
         "evaluation": {"heldOutFraction": 0.0},
         "checkpoints": {"everySteps": 1_000_000},
-        "microBatchSize": args.batch_size,
+        "microBatchSize": args.micro_batch_size,
         "activationCheckpointing": args.activation_checkpointing,
         "seed": args.seed,
     }
@@ -199,6 +199,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="Hugging Face folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: 6 on CPU, 40 on CUDA)")
     parser.add_argument("--batch-size", type=int, help="samples per step (default: 8 on CPU, 32 on CUDA)")
+    parser.add_argument(
+        "--micro-batch-size", type=int, help="labtune's samples a forward pass (default: 8 on CUDA)"
+    )
     parser.add_argument("--max-seq-len", type=int, help="default: 512 on CPU, 2048 on CUDA")
     parser.add_argument(
         "--length-scale", type=int, help="sample length multiplier (default: 1 on CPU, 4 on CUDA)"
@@ -217,6 +220,7 @@ def main() -> None:
     cuda = args.device == "cuda"
     args.steps = args.steps or (40 if cuda else 6)
     args.batch_size = args.batch_size or (32 if cuda else 8)
+    args.micro_batch_size = args.micro_batch_size or (8 if cuda else args.batch_size)
     args.max_seq_len = args.max_seq_len or (2048 if cuda else 512)
     args.length_scale = args.length_scale or (4 if cuda else 1)
     if args.baseline_worker:
@@ -253,8 +257,9 @@ def main() -> None:
 
     baseline = results["TRL SFTTrainer"]["tokens_per_second"]
     print(
-        f"{args.steps} steps x {args.batch_size} samples, max {args.max_seq_len} tokens, "
-        f"LoRA r{args.lora_rank}, {args.device}, best of {args.rounds} rounds"
+        f"{args.steps} steps x {args.batch_size} samples (labtune: micro batches of "
+        f"{args.micro_batch_size}), max {args.max_seq_len} tokens, LoRA r{args.lora_rank}, "
+        f"{args.device}, best of {args.rounds} rounds"
     )
     print(f"{'trainer':<18}{'tokens':>9}{'tokens/s':>11}{'vs TRL':>8}{'peak RSS':>11}")
     for name, result in results.items():

@@ -7,6 +7,7 @@ torch and transformers are imported inside the command so that `labtune --help` 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -39,53 +40,60 @@ def train(config_path: Path) -> None:
 
 
 def run(config_path: Path) -> int:
-    """Runs the trainer and returns the process exit code."""
+    """Trains (or starts torchrun to) and returns the process exit code."""
+    # Light imports until this process is known to train: the torchrun launcher, the pod's main
+    # process when there are several workers, never loads torch.
     from labtune.trainer import processes
-
-    _configure_logging(processes.rank() == 0)  # before the imports below log anything
-
     from labtune.trainer.launcher import launch, needs_launch, record_exit
-    from labtune.trainer.preemption import Preempted, StopRequest
-    from labtune.trainer.runner import train as train_run
 
-    stop = StopRequest()
+    _configure_logging(processes.rank() == 0)
     try:
         config = load_config(config_path, TrainConfig)
         if needs_launch(config):
             return launch(config, config_path)
-        with stop.installed():
-            summary = train_run(config, stop)
+        code = _train(config)
     except ConfigError as error:
         click.echo(f"labtune train: {error}", err=True)
         code = EXIT_CONFIG_ERROR
-    except Preempted as preempted:
-        log.warning("preempted (%s); started again, the run resumes from its last checkpoint", preempted)
-        code = EXIT_PREEMPTED
-    else:
-        if processes.local_rank() == 0:
-            _write_termination_log(summary, config.termination_log)
-        log.info("done: %s", summary.output.model_dump_json(exclude_none=True))
-        code = 0
     record_exit(code)
     return code
 
 
-def _configure_logging(main_process: bool) -> None:
+def _train(config: TrainConfig) -> int:
     from transformers.utils import logging as transformers_logging
 
+    from labtune.trainer import processes
+    from labtune.trainer.preemption import Preempted, StopRequest
+    from labtune.trainer.runner import train
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # for pod logs
+    stop = StopRequest()
+    try:
+        with stop.installed():
+            summary = train(config, stop)
+    except Preempted as preempted:
+        log.warning("preempted (%s); started again, the run resumes from its last checkpoint", preempted)
+        return EXIT_PREEMPTED
+    if processes.local_rank() == 0:
+        _write_termination_log(summary, config.termination_log)
+    log.info("done: %s", summary.output.model_dump_json(exclude_none=True))
+    return 0
+
+
+def _configure_logging(main_process: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    transformers_logging.set_verbosity_warning()  # type: ignore[no-untyped-call]
-    # Noise for the reader of a pod's log: bitsandbytes (imported by peft) on CPU kernels that LoRA
-    # does not use, and peft calling a transformers method deprecated for v6.
+    # Noise for the reader of a pod's log: progress bars (GGUF dequantizing draws one; tqdm reads
+    # this when first imported), bitsandbytes (imported by peft) on CPU kernels that LoRA does not
+    # use, peft calling a transformers method deprecated for v6, and peft finding no config.json
+    # next to a GGUF base.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings(
-        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+    warnings.filterwarnings("ignore", "Could not find a config file in", UserWarning)
 
 
 def _write_termination_log(summary: TrainSummary, path: str) -> None:

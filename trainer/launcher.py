@@ -18,8 +18,9 @@ from types import FrameType
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_FAILED, EXIT_PREEMPTED, ConfigError
 from labtune.contract.train import TrainConfig
 from labtune.trainer import processes
-from labtune.trainer.preemption import STOP_FILE_ENV
 
+STOP_FILE_ENV = "LABTUNE_STOP_FILE"
+"""The file the launcher creates when it gets SIGTERM; the workers stop when it appears."""
 EXIT_DIR_ENV = "LABTUNE_EXIT_DIR"
 """Where each worker records its exit code (file named by its rank)."""
 DEFAULT_MASTER_PORT = "29500"
@@ -57,21 +58,25 @@ def torchrun_args(config: TrainConfig, config_path: Path) -> list[str]:
 
 
 def launch(config: TrainConfig, config_path: Path) -> int:
-    """Runs torchrun to the end and returns the exit code the pod should exit with."""
+    """Runs torchrun to the end and returns the exit code the pod should exit with. SIGTERM and
+    SIGINT (Ctrl-C by hand) stop the workers through the stop file."""
     with tempfile.TemporaryDirectory(prefix="labtune-train-") as scratch:
         stop_file, exit_dir = Path(scratch) / "stop", Path(scratch) / "exit"
         exit_dir.mkdir()
         env = os.environ | {STOP_FILE_ENV: str(stop_file), EXIT_DIR_ENV: str(exit_dir)}
-        process = subprocess.Popen(torchrun_args(config, config_path), env=env, start_new_session=True)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             stop_file.touch()
 
-        previous = signal.signal(signal.SIGTERM, stop)
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        process = subprocess.Popen(torchrun_args(config, config_path), env=env, start_new_session=True)
         try:
             returncode = process.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if process.poll() is None:  # this process is failing: take the workers with it
+                os.killpg(process.pid, signal.SIGKILL)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         codes = {int(p.read_text()) for p in exit_dir.iterdir()}
     if returncode == 0:
         return 0

@@ -10,6 +10,7 @@ that phase's learning rate and warm-up.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ def compute_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def attention_implementation() -> str:
+    """FlashAttention 2 when installed on a GPU: it attends within each packed sample (varlen), where
+    SDPA gets a dense block-diagonal mask over the whole packed row, correct but quadratic in it."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_tokenizer(path: Path, chat_template: str | None) -> PreTrainedTokenizerBase:
     """The base model's tokenizer; the configured chat template is used when it has none."""
     location, extra = _source(path)
@@ -84,7 +93,7 @@ def load_model(path: Path, *, quantize: bool = False) -> PreTrainedModel:
     extra |= _quantization(path) if quantize else _dequantized(path)
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            location, dtype=compute_dtype(), attn_implementation="sdpa", **extra
+            location, dtype=compute_dtype(), attn_implementation=attention_implementation(), **extra
         )
     except (OSError, ValueError) as error:
         raise ConfigError(f"model {path} cannot be loaded: {_first_line(error)}") from error

@@ -16,9 +16,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-STOP_FILE_ENV = "LABTUNE_STOP_FILE"
-"""Set by the torchrun launcher: the file it creates when it gets SIGTERM (torchrun itself would
-kill the workers after a fixed grace period instead of letting them save)."""
+from labtune.trainer.launcher import STOP_FILE_ENV
 
 log = logging.getLogger(__name__)
 

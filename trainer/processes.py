@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch.distributed as dist
-
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -25,5 +23,7 @@ def under_torchrun() -> bool:
 
 def barrier() -> None:
     """Waits for every process (a no-op before the Trainer has set up the process group)."""
+    import torch.distributed as dist  # here: the launcher imports this module without torch
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

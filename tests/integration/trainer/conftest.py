@@ -76,7 +76,7 @@ def train_config(smollm2: Path, datasets: dict[str, Path]) -> Callable[..., Path
             "datasets": {name: str(path) for name, path in datasets.items()},
             "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0}},
             "phases": [
-                {"name": "knowledge", "dataset": "knowledge", "epochs": 2, "learningRate": 2e-3, **phase},
+                {"name": "knowledge", "dataset": "knowledge", "learningRate": 2e-3, **phase},
                 {"name": "skills", "dataset": "skills", "learningRate": 1e-3, **phase},
             ],
             "evaluation": {"heldOutFraction": 0.2},

@@ -75,6 +75,12 @@ def make_tokenizer() -> Callable[[str | None], PreTrainedTokenizerFast]:
 
 
 @pytest.fixture(scope="session")
+def make_model() -> Callable[..., Path]:
+    """Builds a tiny model folder: make_model(folder, chat_template=None) for one without a template."""
+    return build_model_folder
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face folder: random-weight 2-layer Llama and its tokenizer."""
     return build_model_folder(tmp_path_factory.mktemp("tiny-llama"))

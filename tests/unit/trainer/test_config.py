@@ -11,6 +11,7 @@ import pytest
 from labtune.contract import EXIT_CONFIG_ERROR, ConfigError, load_config
 from labtune.contract.train import TrainConfig
 from labtune.trainer.cli import run
+from labtune.trainer.modeling import load_tokenizer
 
 
 def _phase(**overrides: Any) -> dict[str, Any]:
@@ -61,7 +62,9 @@ def test_out_of_range_settings_are_config_errors(
         load_config(write_config(**(valid | change)), TrainConfig)
 
 
-def _bad_input(tmp_path: Path, valid: dict[str, Any], case: str) -> dict[str, Any]:
+def _bad_input(
+    tmp_path: Path, valid: dict[str, Any], case: str, make_model: Callable[..., Path]
+) -> dict[str, Any]:
     if case == "missing dataset":
         return valid | {"datasets": {"knowledge": str(tmp_path / "nope.jsonl")}}
     if case == "empty dataset":
@@ -76,6 +79,8 @@ def _bad_input(tmp_path: Path, valid: dict[str, Any], case: str) -> dict[str, An
     if case == "fake gguf":
         (tmp_path / "model.gguf").write_text("not gguf")
         return valid | {"baseModel": {"uri": str(tmp_path / "model.gguf")}}
+    if case == "no chat template":
+        return valid | {"baseModel": {"uri": str(make_model(tmp_path / "plain", chat_template=None))}}
     if case == "qlora without cuda":
         return valid | {"method": {"type": "qlora"}}
     if case == "unsupported uri":
@@ -93,6 +98,7 @@ def _bad_input(tmp_path: Path, valid: dict[str, Any], case: str) -> dict[str, An
         ("no assistant turn", "bad.jsonl line 1: the sample has no assistant turn"),
         ("not a model", "is not a model: expected a Hugging Face folder with config.json or a .gguf file"),
         ("fake gguf", "is not a model"),
+        ("no chat template", "has no chat template: set baseModel.chatTemplate"),
         ("qlora without cuda", "method qlora needs a CUDA GPU"),
         ("unsupported uri", "only pvc:// URIs are supported"),
         ("unknown target module", "method.lora: Target modules"),
@@ -102,11 +108,12 @@ def test_bad_input_exits_with_the_config_error_code_and_one_line(
     tmp_path: Path,
     write_config: Callable[..., Path],
     valid: dict[str, Any],
+    make_model: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
     case: str,
     message: str,
 ) -> None:
-    config = _bad_input(tmp_path, valid, case)
+    config = _bad_input(tmp_path, valid, case, make_model)
     assert run(write_config(**config)) == EXIT_CONFIG_ERROR
     stderr_lines = [
         line for line in capsys.readouterr().err.splitlines() if line.startswith("labtune train:")
@@ -117,6 +124,18 @@ def test_bad_input_exits_with_the_config_error_code_and_one_line(
     presented = [p.name for p in output.iterdir()] if output.exists() else []
     assert not {"adapter", "model", "summary.json"} & set(presented)
     assert not (tmp_path / "termination-log").exists()
+
+
+def test_the_configured_chat_template_serves_a_base_model_without_one(
+    tmp_path: Path, make_model: Callable[..., Path]
+) -> None:
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    assert (
+        load_tokenizer(make_model(tmp_path / "plain", chat_template=None), template).chat_template == template
+    )
+    own = load_tokenizer(make_model(tmp_path / "own"), template).chat_template
+    assert own is not None
+    assert own != template  # the model's own template wins
 
 
 def test_an_unreadable_config_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

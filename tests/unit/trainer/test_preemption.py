@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from labtune.trainer.preemption import STOP_FILE_ENV, PreemptionCallback, StopRequest
+from labtune.trainer.launcher import STOP_FILE_ENV
+from labtune.trainer.preemption import PreemptionCallback, StopRequest
 
 
 def test_sigterm_requests_a_stop_only_while_installed() -> None:
