@@ -49,6 +49,8 @@ class PodRequest:
     """Native sidecars: init containers with restartPolicy Always (e.g. a vLLM server)."""
     command: tuple[str, ...] = ("labtune",)
     subdomain: str | None = None
+    grace_seconds: int | None = None
+    """terminationGracePeriodSeconds: time to save a checkpoint after SIGTERM."""
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -193,6 +195,7 @@ def build_pod_template(
         "runtimeClassName": req.scheduling.runtime_class_name,
         "serviceAccountName": settings.job_service_account,
         "subdomain": req.subdomain,
+        "terminationGracePeriodSeconds": req.grace_seconds,
     }
     spec.update({key: value for key, value in optional.items() if value})
     metadata: dict[str, Any] = {"labels": dict(labels)}

@@ -12,7 +12,7 @@ from labtune.api import SyntheticDataRun, TuningJob
 from labtune.api.resource import Resource
 from labtune.api.synthetic_data_run import SyntheticDataRunStatus
 from labtune.contract import metrics as m
-from labtune.contract.train import Datasets, ModelSource, TrainConfig, TrainSummary
+from labtune.contract.train import Datasets, Distributed, ModelSource, TrainConfig, TrainSummary
 from labtune.operator.jobs import build_config_map, build_headless_service, build_job
 from labtune.operator.kube import Kube
 from labtune.operator.naming import child_labels, child_metadata, child_name, default_output, selector
@@ -23,6 +23,9 @@ from labtune.operator.settings import OperatorSettings
 
 COMPONENT = "trainer"
 RENDEZVOUS_PORT = 29500
+TRAINER_GRACE_SECONDS = 300
+"""After SIGTERM the trainer saves a checkpoint before it exits; Kubernetes' default 30 s is too
+short for the optimizer state of a large model on a network volume."""
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
@@ -42,37 +45,25 @@ def build_train_config(
         checkpoints=spec.checkpoints,
         output=output,
         merge_adapter=spec.output.merge_adapter,
+        # `labtune train` itself starts torchrun when there is more than one process, so that the
+        # exit codes the pod failure policy reads (config error, preempted) survive the launcher.
+        distributed=Distributed(
+            nodes=spec.resources.nodes, procs_per_node=max(spec.resources.gpus_per_node, 1)
+        ),
     )
 
 
-def _launch(
-    job: TuningJob, job_name: str
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[dict[str, Any], ...]]:
-    """Command, args and env of the trainer: one process, or torchrun across GPUs and nodes."""
-    train = ("labtune", "train", "--config", CONFIG_PATH)
-    resources = job.spec.resources
-    if resources.nodes == 1 and resources.gpus_per_node <= 1:
-        return ("labtune",), train[1:], ()
-    per_node = f"--nproc-per-node={max(resources.gpus_per_node, 1)}"
-    if resources.nodes == 1:
-        return ("torchrun",), ("--standalone", per_node, "--no-python", *train), ()
-    env = (
+def _rendezvous_env(job: TuningJob, job_name: str) -> tuple[dict[str, Any], ...]:
+    """Across nodes, where torchrun (started by `labtune train`) meets: node 0 of the Indexed Job.
+    Within one node the trainer starts torchrun standalone and needs nothing from here."""
+    if job.spec.resources.nodes == 1:
+        return ()
+    return (
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
         # Pods of an Indexed Job with a subdomain resolve as <job>-<index>.<service>.
         {"name": "MASTER_ADDR", "value": f"{job_name}-0.{job_name}"},
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
-        {"name": "NNODES", "value": str(resources.nodes)},
     )
-    args = (
-        f"--nnodes={resources.nodes}",
-        per_node,
-        "--node-rank=$(NODE_RANK)",
-        "--master-addr=$(MASTER_ADDR)",
-        f"--master-port={RENDEZVOUS_PORT}",
-        "--no-python",
-        *train,
-    )
-    return ("torchrun",), args, env
 
 
 def build_trainer_children(
@@ -81,7 +72,6 @@ def build_trainer_children(
     """ConfigMap, (headless Service,) Job — the Job last, so that it never starts without its config."""
     name = child_name(body["metadata"]["name"], "train")
     resources = job.spec.resources
-    command, args, env = _launch(job, name)
     uris = [
         config.base_model.uri,
         config.output,
@@ -91,14 +81,14 @@ def build_trainer_children(
     request = PodRequest(
         component=COMPONENT,
         image=settings.trainer_image,
-        command=command,
-        args=args,
+        args=("train", "--config", CONFIG_PATH),
         config_map=name,
         scheduling=resources,
         gpus=resources.gpus_per_node,
         artifact_uris=tuple(uris),
-        env=env,
+        env=_rendezvous_env(job, name),
         subdomain=name if distributed else None,
+        grace_seconds=TRAINER_GRACE_SECONDS,
     )
     labels = child_labels(body, COMPONENT)
     meta = child_metadata(body, name, COMPONENT)

@@ -69,8 +69,9 @@ def test_trainer_job_carries_gpu_scheduling_and_the_config(cluster: Cluster, gpu
     pod = job["spec"]["template"]["spec"]
     main = pod["containers"][0]
     assert main["resources"]["limits"] == {"nvidia.com/gpu": "2", "memory": "64Gi"}
-    assert main["command"] == ["torchrun"]
-    assert "--nproc-per-node=2" in main["args"]
+    # `labtune train` starts torchrun itself (2 processes, from the config), keeping its exit codes.
+    assert (main["command"], main["args"]) == (["labtune"], ["train", "--config", "/etc/labtune/config.yaml"])
+    assert pod["terminationGracePeriodSeconds"] == 300  # time to save a checkpoint on preemption
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod[
         "tolerations"
@@ -98,6 +99,7 @@ def test_trainer_job_carries_gpu_scheduling_and_the_config(cluster: Cluster, gpu
     assert [p.name for p in config.phases] == ["knowledge", "skills"]
     assert config.datasets.knowledge == "pvc://data/k.jsonl"
     assert config.output.startswith(f"pvc://labtune-artifacts/{cluster.namespace}/tuningjob/gpu-")
+    assert (config.distributed.nodes, config.distributed.procs_per_node) == (1, 2)
     assert config_map.metadata.owner_references[0].name == "gpu"
 
     def bound() -> str | None:
@@ -119,7 +121,10 @@ def test_multi_node_runs_an_indexed_job_with_rendezvous(cluster: Cluster) -> Non
     assert env["MASTER_ADDR"]["value"] == "multi-train-0.multi-train"
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == index
-    assert "--nnodes=3" in pod["containers"][0]["args"]
+    assert env["MASTER_PORT"]["value"] == "29500"
+    config_map = cluster.core.read_namespaced_config_map("multi-train", cluster.namespace)
+    config = TrainConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert (config.distributed.nodes, config.distributed.procs_per_node) == (3, 4)
     service = cluster.core.read_namespaced_service("multi-train", cluster.namespace)
     assert service.spec.cluster_ip == "None"
     assert service.spec.selector["labtune.io/tuningjob"] == "multi"
