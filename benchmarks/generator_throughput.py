@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from typing import Any
 import openai
 
 from labtune.contract.generate import TeacherConfig
+from labtune.devcluster.llama import llama_server
 from labtune.devcluster.models import smollm2_gguf
 from labtune.generator.engine import Engine
 from labtune.generator.metrics import GeneratorMetrics
@@ -183,44 +181,6 @@ def run_async(factory: Callable[[], Awaitable[int]]) -> Callable[[], int]:
     return lambda: asyncio.run(factory())  # type: ignore[arg-type]
 
 
-def llama_server(model: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--model_alias",
-            "smollm2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            str(threads),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2):
-                return server, url
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise SystemExit("llama.cpp server did not start") from None
-            time.sleep(0.5)
-
-
 def demo_samples_per_minute(teacher: TransformersTeacher, samples_per_seed: int) -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location(
         "generator_testdata", ROOT / "tests/unit/generator/conftest.py"
@@ -284,8 +244,7 @@ def main() -> None:
             demo_samples_per_minute(teacher, args.samples_per_seed)
 
     if args.backend in ("all", "llama-cpp"):
-        server, url = llama_server(model, threads=2)
-        try:
+        with tempfile.TemporaryDirectory() as folder, llama_server(model, Path(folder) / "server.log") as url:
             metrics = GeneratorMetrics()
             config = TeacherConfig(
                 backend="openai", model="smollm2", url=url, max_concurrency=args.concurrency
@@ -304,9 +263,6 @@ def main() -> None:
                 run_async(through_pipeline),
                 args.rounds,
             )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

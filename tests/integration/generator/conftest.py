@@ -8,13 +8,10 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubetest import free_port
 
+from labtune.devcluster.llama import llama_server as start_llama_server
 from labtune.devcluster.models import smollm2_gguf
 from labtune.generator.metrics import GeneratorMetrics
 from labtune.generator.pipeline import packaged_path
@@ -48,14 +47,6 @@ make_config = unit.make_config
 make_tls = unit.make_tls_fixture
 
 TINY_PIPELINE = packaged_path("small-teacher")
-SERVER_START_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Testkit:
@@ -85,46 +76,8 @@ def transformers_teacher(smollm2: Path) -> TransformersTeacher:
 @pytest.fixture(scope="session")
 def llama_server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server (llama-cpp-python) serving the same GGUF; its URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(smollm2),
-        "--model_alias",
-        "smollm2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--n_threads",
-        "2",
-    ]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"llama.cpp server not ready in {SERVER_START_SECONDS}s: {log.read_text()[-2000:]}"
-                    )
-                time.sleep(0.5)
+    with start_llama_server(smollm2, tmp_path_factory.mktemp("llama") / "server.log") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @dataclass(frozen=True)
