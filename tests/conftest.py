@@ -16,6 +16,7 @@ from kubernetes import client, config
 
 from labtune.devcluster.binaries import ensure_binaries
 from labtune.devcluster.controlplane import ControlPlane
+from labtune.devcluster.tools import Tools, ensure_tools
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -31,10 +32,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Builds the binaries (minutes, once) before any test runs, outside the per-test timeout."""
+    """Builds the binaries and tools (minutes, once) before any test runs, outside the per-test timeout."""
     wanted = any(item.get_closest_marker("integration") for item in session.items)
     if wanted and not session.config.option.collectonly and not _use_existing_cluster():
         ensure_binaries()
+    tools_wanted = any("tools" in getattr(item, "fixturenames", ()) for item in session.items)
+    if tools_wanted and not session.config.option.collectonly:
+        ensure_tools()
+
+
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    """helm, prometheus, promtool and the prometheus-operator CRDs (labtune.devcluster.tools)."""
+    return ensure_tools()
 
 
 @pytest.fixture(scope="session")

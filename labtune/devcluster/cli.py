@@ -30,6 +30,20 @@ def build() -> None:
         raise click.ClickException(str(error)) from error
 
 
+@dev.command()
+def tools() -> None:
+    """Build helm, prometheus and promtool and fetch the prometheus-operator CRDs (once; what the
+    chart and alert tests use) and print where they are."""
+    from labtune.devcluster.tools import ensure_tools
+
+    try:
+        found = ensure_tools()
+    except BinariesError as error:
+        raise click.ClickException(str(error)) from error
+    for name, path in vars(found).items():
+        click.echo(f"{name}: {path}")
+
+
 @controlplane.command()
 @click.option(
     "--with-controllers/--no-controllers",
