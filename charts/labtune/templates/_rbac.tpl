@@ -1,0 +1,36 @@
+{{/*
+The operator's permissions. They must equal deploy/rbac/ (tests/integration/test_chart.py renders
+the chart and compares): change both together.
+
+"labtune.rbac.namespaced": the labtune.io resources, child Jobs, their ConfigMaps and Services,
+pods (progress and termination summaries) and Events. Never Secrets: credentials are mounted into
+job pods only.
+*/}}
+{{- define "labtune.rbac.namespaced" -}}
+- apiGroups: [labtune.io]
+  resources: [taxonomies, syntheticdataruns, tuningjobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [labtune.io]
+  resources: [taxonomies/status, syntheticdataruns/status, tuningjobs/status]
+  verbs: [get, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{/* Cluster-scoped: kopf discovers the resources it serves from their CRDs, even when it watches
+only some namespaces. */}}
+{{- define "labtune.rbac.cluster" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end -}}
