@@ -106,5 +106,61 @@ def serve(state_dir: Path, binaries: Path, with_controllers: bool) -> None:
         raise click.ClickException(str(error)) from error
 
 
+@dev.group()
+def node() -> None:
+    """A node agent: a Ready Node whose pods run as local processes (a stand-in kubelet)."""
+
+
+@node.command("serve")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), envvar="KUBECONFIG",
+              required=True, help="Cluster to join (default: $KUBECONFIG).")  # fmt: skip
+@click.option("--name", default="labtune-dev-node", show_default=True, help="Node name.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Pod folders and claims [default: $LABTUNE_CACHE/run/node/<name>].")  # fmt: skip
+@click.option("--gpus", type=int, default=0, show_default=True,
+              help="nvidia.com/gpu capacity to advertise (a number only: pods run on the CPU).")  # fmt: skip
+@click.option("--pod-cidr", default="10.244.0.0/24", show_default=True, help="Pod addresses.")
+@click.option("--bridge", default="labtune0", show_default=True, help="Host bridge of the pods.")
+@click.option("--extra-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="PEM CA that containers trust besides the host's.")  # fmt: skip
+def node_serve(
+    kubeconfig: Path,
+    name: str,
+    data_root: Path | None,
+    gpus: int,
+    pod_cidr: str,
+    bridge: str,
+    extra_ca: Path | None,
+) -> None:
+    """Run the node agent in the foreground until SIGTERM or Ctrl-C (needs root)."""
+    import logging
+    import signal
+    import threading
+
+    from labtune.devcluster.binaries import cache_root
+    from labtune.devcluster.nodeagent import NodeAgent, NodeAgentError, NodeAgentSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = NodeAgentSettings(
+        kubeconfig=kubeconfig,
+        node_name=name,
+        data_root=data_root or cache_root() / "run" / "node" / name,
+        gpus=gpus,
+        pod_cidr=pod_cidr,
+        bridge=bridge,
+        extra_ca=extra_ca,
+    )
+    try:
+        agent = NodeAgent(settings)
+    except NodeAgentError as error:
+        raise click.ClickException(str(error)) from error
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    agent.start()
+    stopped.wait()
+    agent.stop()
+
+
 if __name__ == "__main__":
     dev()
