@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The local demo: a real Kubernetes control plane on loopback (built once from the Go modules,
-# cached), the labtune.io CRDs installed, the examples applied and shown through kubectl.
-#   hack/demo.sh up | down
+# The local demo: the LAB pipeline end to end on this machine, with no container runtime.
+#   control plane (etcd, kube-apiserver, controller-manager, scheduler; built once, cached)
+#   + node agent (a Ready Node whose pods run as local processes) + the operator
+#   + a demo taxonomy in an https git server + SmolLM2-135M-Instruct as the teacher (llama.cpp)
+#   then Taxonomy -> SyntheticDataRun -> TuningJob from examples/demo/manifests/.
+#   hack/demo.sh up | down          (the node agent needs root: network and mount namespaces)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$(hack/venv.sh)
@@ -9,6 +12,7 @@ export PATH="$venv/bin:$PATH"
 
 case "${1:-up}" in
   down)
+    labtune dev demo down
     labtune dev controlplane down
     exit 0
     ;;
@@ -16,32 +20,66 @@ case "${1:-up}" in
   *) echo "usage: hack/demo.sh up|down" >&2; exit 2 ;;
 esac
 
-labtune dev controlplane up
-eval "$(labtune dev controlplane env)"
-
+t0=$SECONDS
+mark() { printf '\033[2m[%3ds] %s\033[0m\n' "$((SECONDS - t0))" "$*"; }
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-step kubectl apply --server-side -f crds/
-step kubectl wait --for=condition=Established --timeout=60s -f crds/
-step kubectl apply --server-side -f examples/
+
+labtune dev controlplane up >/dev/null
+eval "$(labtune dev controlplane env)"
+mark "control plane up"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
+mark "CRDs installed"
+labtune dev demo up --examples examples/demo >/dev/null
+mark "node agent, git server, teacher, artifact claim with the base model, operator: up"
+
+step kubectl get nodes -o wide
+step kubectl apply -f examples/demo/manifests/
+# kubectl wait, in short rounds, so that a failed resource stops the demo instead of a timeout.
+await() {  # kind condition timeout
+  local deadline=$((SECONDS + $3))
+  printf '\n\033[1m$ kubectl wait --for=condition=%s --timeout=%ss %s/demo\033[0m\n' "$2" "$3" "$1"
+  until kubectl wait --for="condition=$2" --timeout=10s "$1/demo" 2>/dev/null; do
+    failed=$(kubectl get "$1" demo -o jsonpath='{.status.conditions[?(@.type=="Stalled")].status}{.status.state}')
+    if [[ "$failed" == True* || "$failed" == *Failed || $SECONDS -gt $deadline ]]; then
+      kubectl get "$1" demo -o jsonpath='{range .status.conditions[*]}{.type}={.status}: {.message}{"\n"}{end}' >&2
+      echo "demo: $1/demo did not reach $2; pods and their logs: kubectl get pods -o wide, $pods" >&2
+      exit 1
+    fi
+  done
+}
+state=$(labtune dev demo up --examples examples/demo)
+claim=$(python -c 'import json,sys; print(json.load(sys.stdin)["claim_dir"])' <<<"$state")
+pods=$(python -c 'import json,sys; print(json.load(sys.stdin)["logs"]["pods"])' <<<"$state")
+await taxonomy Ready 300
+mark "Taxonomy synced"
+await syntheticdatarun Succeeded 900
+mark "SyntheticDataRun succeeded"
+await tuningjob Succeeded 900
+mark "TuningJob succeeded"
+
 step kubectl get labtune -o wide
-step kubectl explain tuningjob.spec.method
-echo
-echo "A bad manifest is rejected by the API server before the operator sees it:"
-printf '\033[1m$ kubectl apply -f - <<< (TuningJob with method qlora on 0 GPUs)\033[0m\n'
-kubectl apply -f - <<'YAML' || true
-apiVersion: labtune.io/v1alpha1
-kind: TuningJob
-metadata: {name: bad-qlora}
-spec:
-  baseModel: {uri: pvc://models/granite}
-  data: {knowledge: pvc://data/k.jsonl, skills: pvc://data/s.jsonl}
-  method: {type: qlora}
-  resources: {gpusPerNode: 0}
-YAML
+step kubectl get pods -o wide
+for kind in taxonomy syntheticdatarun tuningjob; do
+  printf '\n\033[1m$ kubectl get %s demo -o jsonpath=…conditions\033[0m\n' "$kind"
+  kubectl get "$kind" demo -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}'
+done
+printf '\n\033[1mTaxonomy revision:\033[0m %s\n' "$(kubectl get taxonomy demo -o jsonpath='{.status.revision}')"
+printf '\033[1mSyntheticDataRun outputs:\033[0m\n'
+kubectl get sdr demo -o jsonpath='{range .status.outputs.*}{.uri}  samples={.samples}  sha256={.sha256}{"\n"}{end}'
+printf '\033[1mTuningJob output:\033[0m\n'
+kubectl get tj demo -o jsonpath='{.status.output}{"\n"}'
+
+printf '\n\033[1mThe files on the artifact claim (%s), with their sha256:\033[0m\n' "$claim"
+(cd "$claim" && sha256sum datasets/*.jsonl models/demo/adapter/*)
+printf '\033[1mThe adapter digest in status is the sha256 of its SHA256SUMS listing:\033[0m\n'
+(cd "$claim/models/demo/adapter" && sha256sum -c --quiet SHA256SUMS && sha256sum SHA256SUMS)
+mark "done"
 cat <<EOT
 
-The control plane keeps running. Use it with:
+Everything keeps running. Use it with:
   $(labtune dev controlplane env)
-  kubectl get tuningjobs
-Stop it with: make demo-down
+  kubectl get labtune -o wide
+Pod logs are files under $pods/<namespace>_<pod>_<uid>/containers/<container>/container.log.
+Stop everything with: make demo-down
 EOT

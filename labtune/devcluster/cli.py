@@ -162,5 +162,66 @@ def node_serve(
     agent.stop()
 
 
+@dev.group()
+def demo() -> None:
+    """The demo's environment: node agent, git server, teacher, artifact claim and operator."""
+
+
+def _demo_state_dir() -> Path:
+    from labtune.devcluster.binaries import cache_root
+
+    return cache_root() / "run" / "demo"
+
+
+@demo.command("up")
+@click.option(
+    "--examples",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("examples/demo"),
+    show_default=True,
+    help="The demo's taxonomy sources.",
+)
+@click.option("--gpus", type=int, default=0, show_default=True, help="nvidia.com/gpu the Node advertises.")
+def demo_up(examples: Path, gpus: int) -> None:
+    """Start the demo environment in the background against the running control plane."""
+    from labtune.devcluster import controlplane as cp
+    from labtune.devcluster import demo as environment
+
+    plane = cp.running(cp.default_state_dir())
+    if plane is None:
+        raise click.ClickException(
+            "no control plane is running; start one with `labtune dev controlplane up`"
+        )
+    settings = environment.DemoSettings(
+        kubeconfig=plane.kubeconfig, state_dir=_demo_state_dir(), examples=examples.absolute(), gpus=gpus
+    )
+    try:
+        state = environment.up(settings)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(state.model_dump_json(indent=2))
+
+
+@demo.command("down")
+def demo_down() -> None:
+    """Stop the demo environment (its pods, the node, the operator, the servers)."""
+    from labtune.devcluster import demo as environment
+
+    stopped = environment.down(_demo_state_dir())
+    click.echo("labtune demo: " + ("stopped" if stopped else "no demo environment was running"), err=True)
+
+
+@demo.command("serve", hidden=True)
+@click.option("--settings", "settings_json", required=True)
+def demo_serve(settings_json: str) -> None:
+    """Run the demo environment in the foreground (what `up` starts detached)."""
+    import logging
+
+    from labtune.devcluster import demo as environment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    environment.serve(environment.DemoSettings.model_validate_json(settings_json))
+
+
 if __name__ == "__main__":
     dev()

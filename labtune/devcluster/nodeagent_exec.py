@@ -108,15 +108,18 @@ def enter(launch: Launch) -> None:
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing here propagates to the host
     name = launch.hostname.encode()
     _check(libc.sethostname(name, len(name)), "sethostname")
-    _populate_dev(libc, Path(launch.dev_dir))
-    _mount(libc, launch.dev_dir, "/dev", None, MS_BIND | MS_REC)
     # Parents before children (/artifacts before /artifacts/x), as the kubelet orders them.
     mounts = sorted(launch.mounts, key=lambda m: Path(m.target).parts)
-    # Sources are held open first: a mount on /tmp must not hide sources that live under /tmp.
+    # Sources are held open first: the new /dev, or a mount on /tmp, must not hide sources that
+    # live there (memory-backed emptyDirs are under /dev/shm).
     sources = [os.open(mount.source, os.O_PATH | os.O_CLOEXEC) for mount in mounts]
+    _populate_dev(libc, Path(launch.dev_dir))
+    _mount(libc, launch.dev_dir, "/dev", None, MS_BIND | MS_REC)
     for mount, source in zip(mounts, sources, strict=True):
         _make_target(stat.S_ISDIR(os.fstat(source).st_mode), Path(mount.target))
         _mount(libc, f"/proc/self/fd/{source}", mount.target, None, MS_BIND | MS_REC)
+    # Read-only last: a nested mount point (/etc/labtune/pipeline) is made inside its parent volume.
+    for mount in mounts:
         if mount.read_only:
             _mount(libc, None, mount.target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     if launch.read_only_root:
