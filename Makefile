@@ -20,10 +20,10 @@ integration:     ## integration tests on the local control plane (or USE_EXISTIN
 crds:            ## regenerate crds/ and the chart's CRDs from the API models
 	hack/test.sh crds
 
-demo:            ## start the local control plane, install the CRDs, apply the examples
+demo:            ## the LAB pipeline end to end: control plane, node agent, git server, teacher, operator, Taxonomy -> SyntheticDataRun -> TuningJob (root)
 	hack/demo.sh up
 
-demo-down:       ## stop the local demo
+demo-down:       ## stop everything the demo started
 	hack/demo.sh down
 
 clean:
