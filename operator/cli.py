@@ -62,6 +62,10 @@ def run(all_namespaces: bool, verbose: bool, **options: object) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # kopf logs every handler run of every object at INFO: thousands of lines per minute with
+        # many resources. Warnings and errors stay; the operator's own transitions are Events.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if all_namespaces:
         options["namespaces"] = ()
     settings = OperatorSettings.model_validate(options)

@@ -1,17 +1,34 @@
-"""The few Kubernetes API calls the reconcilers make, on plain dicts (no model round trips), with
-create-or-adopt semantics so that a handler run twice creates nothing new."""
+"""The few Kubernetes API calls the reconcilers make, on plain dicts, with create-or-adopt semantics
+so that a handler run twice creates nothing new.
+
+Requests go through the kubernetes client's ApiClient (kubeconfig, in-cluster config, token
+refresh, TLS, connection pool) but not through its typed API classes: importing CoreV1Api alone
+costs the process about 80 MB, and each typed call validates its arguments with pydantic — both
+for objects these calls only pass through as dicts.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from labtune.api import GROUP, VERSION
 from labtune.api.resource import Resource
+
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT_S = 60
+# kind -> (API path prefix, plural) of the built-in objects the operator touches
+BUILTIN = {
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Pod": ("/api/v1", "pods"),
+    "Event": ("/api/v1", "events"),
+    "Job": ("/apis/batch/v1", "jobs"),
+}
 
 
 def api_client(kubeconfig: str | None, pool_size: int) -> client.ApiClient:
@@ -24,104 +41,136 @@ def api_client(kubeconfig: str | None, pool_size: int) -> client.ApiClient:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.connection_pool_maxsize = pool_size  # one connection per handler thread
+    # One connection per handler thread plus the Event poster and the resync thread: a pool smaller
+    # than its users discards connections and pays a TLS handshake for each new one.
+    configuration.connection_pool_maxsize = pool_size + 2
     return client.ApiClient(configuration)
 
 
-def _json(response: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(response.data)
-    return data
+def _items(lists: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The items of one or more lists, and the oldest list's resourceVersion."""
+    items = [item for found in lists for item in found["items"]]
+    versions = [str(found["metadata"].get("resourceVersion") or "") for found in lists]
+    return items, min(versions, key=lambda v: int(v) if v.isdigit() else 0)
 
 
 def _labels(selector: Mapping[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in selector.items())
 
 
+def _path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    prefix, plural = BUILTIN[kind]
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{where}/{plural}" + (f"/{name}" if name else "")
+
+
+def _custom_path(kind: type[Resource], namespace: str | None, name: str | None = None) -> str:
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"/apis/{GROUP}/{VERSION}{where}/{kind.plural}" + (f"/{name}" if name else "")
+
+
 class Kube:
-    """Typed-API calls returning dicts as the API server sent them."""
+    """API calls returning dicts as the API server sent them; non-2xx answers raise ApiException."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
 
-    # --- labtune.io resources --------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        serialized = self.api.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT_S)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        found: dict[str, Any] = json.loads(data)
+        return found
 
-    def get_resource(self, kind: type[Resource], namespace: str, name: str) -> dict[str, Any] | None:
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
-            found = cast(
-                dict[str, Any],
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, name),
-            )
+            return self.request("GET", path)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return found
 
-    def list_resources(self, kind: type[Resource], namespace: str | None = None) -> list[dict[str, Any]]:
-        if namespace:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
-        else:
-            found = self.custom.list_cluster_custom_object(GROUP, VERSION, kind.plural)
-        return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
+    def _list(self, path: str, selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self.request("GET", path, query={"labelSelector": _labels(selector)} if selector else None)
+
+    # --- labtune.io resources --------------------------------------------------------------
+
+    def get_resource(self, kind: type[Resource], namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(_custom_path(kind, namespace, name))
+
+    def list_resources(
+        self, kind: type[Resource], namespaces: tuple[str, ...] = ()
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every resource of a kind in the namespaces (all when empty), and the list's resourceVersion."""
+        return _items([self._list(_custom_path(kind, ns)) for ns in namespaces or (None,)])
 
     def patch_status(
-        self, kind: type[Resource], namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        """A JSON merge patch of status (no resourceVersion: a concurrent writer cannot make it fail
-        with a conflict; every writer computes the whole status from what exists)."""
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, kind.plural, name, {"status": dict(status)}
-        )
+        self,
+        kind: type[Resource],
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """A JSON merge patch of status; returns the resource as written. With a resourceVersion the
+        write fails with 409 Conflict when the resource changed since (optimistic concurrency);
+        without one it cannot conflict (fields only this writer owns)."""
+        patch: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        path = _custom_path(kind, namespace, name) + "/status"
+        return self.request("PATCH", path, patch, content_type=MERGE_PATCH)
 
     # --- children ----------------------------------------------------------------------------
 
     def ensure(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Creates the object, or returns the existing one of that name; True when created."""
         namespace, name, kind = body["metadata"]["namespace"], body["metadata"]["name"], body["kind"]
-        calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
-            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
-            "Job": (self.batch.create_namespaced_job, self.batch.read_namespaced_job),
-        }
-        create, read = calls[kind]
         try:
-            return _json(create(namespace, body, _preload_content=False)), True
+            return self.request("POST", _path(kind, namespace), body), True
         except ApiException as error:
             if error.status != 409:
                 raise
-        return _json(read(name, namespace, _preload_content=False)), False
+        return self.request("GET", _path(kind, namespace, name)), False
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return self._get_or_none(_path("Job", namespace, name))
 
     def list_jobs(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-        found = self.batch.list_namespaced_job(
-            namespace, label_selector=_labels(selector), _preload_content=False
-        )
-        items: list[dict[str, Any]] = _json(found)["items"]
+        items: list[dict[str, Any]] = self._list(_path("Job", namespace), selector)["items"]
         return items
+
+    def list_all_jobs(
+        self, selector: Mapping[str, str], namespaces: tuple[str, ...] = ()
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Jobs with these labels in the namespaces (all when empty), and the list's resourceVersion."""
+        return _items([self._list(_path("Job", ns), selector) for ns in namespaces or (None,)])
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
-
-    def delete_job(self, namespace: str, name: str) -> None:
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        self.request(
+            "PATCH", _path("Job", namespace, name), {"spec": {"suspend": suspend}}, content_type=MERGE_PATCH
+        )
 
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-        found = self.core.list_namespaced_pod(
-            namespace, label_selector=_labels(selector), _preload_content=False
-        )
-        items: list[dict[str, Any]] = _json(found)["items"]
+        items: list[dict[str, Any]] = self._list(_path("Pod", namespace), selector)["items"]
         return items
+
+    def create_event(self, event: Mapping[str, Any]) -> None:
+        self.request("POST", _path("Event", event["metadata"]["namespace"]), event)

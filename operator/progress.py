@@ -7,12 +7,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from labtune.api.resource import Resource
-from labtune.operator.kube import Kube
+from labtune.operator.context import Context
 from labtune.operator.naming import selector
 from labtune.operator.observe import running_pods
 from labtune.operator.runs import JOB_NAME_LABEL
 from labtune.operator.scrape import Samples, scrape
-from labtune.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -24,14 +23,14 @@ def _first_worker(pods: list[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 
 def refresh_progress(
-    kube: Kube,
+    context: Context,
     body: Mapping[str, Any],
     resource: type[Resource],
-    settings: OperatorSettings,
     to_status: Callable[[Samples], dict[str, Any]],
 ) -> bool:
     """Scrapes the running pod and patches the status fields derived from its metrics; True when
     status changed. An unreachable pod is not an error: the next tick tries again."""
+    kube, settings = context.kube, context.settings
     meta, status = body["metadata"], body.get("status") or {}
     job_name = status.get("jobName")
     if not job_name:
@@ -50,5 +49,7 @@ def refresh_progress(
     fields = to_status(samples)
     if not fields or all(status.get(key) == value for key, value in fields.items()):
         return False
-    kube.patch_status(resource, meta["namespace"], meta["name"], fields)
+    # Progress fields are this timer's alone, so the write needs no precondition; the store takes
+    # the result so that the next reconciliation starts from it.
+    context.store.put_owner(kube.patch_status(resource, meta["namespace"], meta["name"], fields))
     return True

@@ -1,8 +1,9 @@
 """The reconcile loop shared by the run-to-completion kinds (SyntheticDataRun, TuningJob).
 
-Level-triggered: every call reads the resource, its dependency and its child Job, and writes
-the status that follows from them. Calling it twice in a row changes nothing the second time;
-children have deterministic names, so a restarted operator adopts what it made before.
+Level-triggered: every call looks at the resource, its dependency and its child Job (as the watches
+last showed them, see `store`), and writes the status that follows from them. Calling it twice in a
+row changes nothing the second time; children have deterministic names, so a restarted operator
+adopts what it made before.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
 from labtune.operator.kube import Kube
 from labtune.operator.naming import selector
-from labtune.operator.observe import JobView, failure_detail, termination_message, view_job
+from labtune.operator.observe import JobView, failure_detail, termination_message
 from labtune.operator.settings import OperatorSettings
+from labtune.operator.store import Store
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
@@ -90,11 +92,32 @@ def _job_outcome(view: JobView, pods: list[dict[str, Any]], want_suspend: bool) 
     return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
 
 
+class StaleBody(Exception):
+    """The body in hand is too old to decide on (read the resource again and reconcile anew)."""
+
+
+def _find_job(kube: Kube, store: Store, namespace: str, name: str) -> JobView | None:
+    """The Job as the watch last showed it, or as the API has it when the watch has not shown it
+    yet (a Job created a moment ago); None when it does not exist."""
+    view = store.job(namespace, name)
+    if view is not None:
+        return view
+    job = kube.get_job(namespace, name)
+    return store.put_job(job) if job is not None else None
+
+
 def reconcile_run(
-    kube: Kube, body: Mapping[str, Any], kind: RunKind, settings: OperatorSettings, timestamp: str
+    kube: Kube,
+    store: Store,
+    body: Mapping[str, Any],
+    kind: RunKind,
+    settings: OperatorSettings,
+    timestamp: str,
+    *,
+    fresh: bool,
 ) -> Transition | None:
     """Brings one run's children and status in line with what exists; returns the transition
-    when the state changed."""
+    when the state changed. `fresh`: the body was just read from the API (not from a watch)."""
     meta, spec = body["metadata"], body["spec"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
     old: dict[str, Any] = dict(body.get("status") or {})
@@ -103,25 +126,34 @@ def reconcile_run(
 
     status: dict[str, Any] = {"observedGeneration": generation}
     job_name = old.get("jobName")
-    job = kube.get_job(namespace, job_name) if job_name else None
-    if job is None:
+    view = _find_job(kube, store, namespace, job_name) if job_name else None
+    if view is None:
+        if job_name and not fresh:
+            # The Job the status names is gone: it is recreated only for a run that is still
+            # unfinished as the API has it now, never from a body that may predate its completion.
+            raise StaleBody()
         plan = kind.plan(kube, body, settings)
         if isinstance(plan, Waiting):
             outcome = RunOutcome("Waiting", plan.reason, plan.message, stalled=plan.stalled)
-            return _write(kube, kind, body, old, status, outcome, generation, timestamp)
-        job = [kube.ensure(child)[0] for child in plan.children][-1]
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        view = store.put_job([kube.ensure(child)[0] for child in plan.children][-1])
         if job_name and old.get("startTime"):
             status["restarts"] = old.get("restarts", 0) + 1  # the Job was deleted under a started run
         status.update(plan.pinned)
         status.update({"jobName": plan.job_name, "startTime": old.get("startTime") or timestamp})
-    assert job is not None
 
     want_suspend = bool(spec.get("suspend"))
-    view = view_job(job)
     if view.suspended != want_suspend and not (view.complete or view.failed):
         kube.set_job_suspend(namespace, view.name, want_suspend)
-    pods = kube.list_pods(namespace, {**selector(body["kind"], name), JOB_NAME_LABEL: view.name})
     status["restarts"] = max(status.get("restarts", old.get("restarts", 0)), view.failed_pods)
+    # Pods matter only for a finished Job (its summary, or why it failed): a running one is
+    # described by the Job's own status, and progress comes from the scrape timer.
+    finished = view.complete or view.failed
+    pods = (
+        kube.list_pods(namespace, {**selector(body["kind"], name), JOB_NAME_LABEL: view.name})
+        if finished
+        else []
+    )
 
     if view.complete:
         try:
@@ -137,20 +169,22 @@ def reconcile_run(
         outcome = _job_outcome(view, pods, want_suspend)
         if outcome.state == "Failed":
             status["completionTime"] = timestamp
-    return _write(kube, kind, body, old, status, outcome, generation, timestamp, view)
+    return _write(kube, store, kind, body, old, status, outcome, timestamp, view)
 
 
 def _write(
     kube: Kube,
+    store: Store,
     kind: RunKind,
     body: Mapping[str, Any],
     old: dict[str, Any],
     status: dict[str, Any],
     outcome: RunOutcome,
-    generation: int,
     timestamp: str,
     view: JobView | None = None,
 ) -> Transition | None:
+    meta = body["metadata"]
+    generation = meta.get("generation", 0)
     status["state"] = outcome.state
     status["conditions"] = cond.run_conditions(old.get("conditions") or [], outcome, generation, timestamp)
     duration = _seconds_between(view.start_time if view else None, status.get("completionTime"))
@@ -159,8 +193,12 @@ def _write(
         status["gpuSeconds"] = round(gpu_seconds, 1)
     if all(old.get(key) == value for key, value in status.items()):
         return None  # nothing changed: no write, no event
-    meta = body["metadata"]
-    kube.patch_status(kind.resource, meta["namespace"], meta["name"], status)
+    # The resourceVersion makes a write from a stale body fail with 409 instead of overwriting a
+    # newer status; the caller reads the resource again and reconciles anew.
+    written = kube.patch_status(
+        kind.resource, meta["namespace"], meta["name"], status, meta.get("resourceVersion")
+    )
+    store.put_owner(written)
     old_reason = (cond.find(old.get("conditions") or [], "Ready") or {}).get("reason")
     if old.get("state") == outcome.state and old_reason == outcome.reason:
         return None

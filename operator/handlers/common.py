@@ -1,14 +1,16 @@
-"""What every handler shares: the API and settings kept in kopf's memo, error mapping, metrics
-and Events around one reconciliation."""
+"""What every handler shares: the API, the watch store and the settings (kept in kopf's memo),
+error mapping and retries, metrics and Events around one reconciliation."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, cast
+from functools import partial
+from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -17,21 +19,15 @@ from pydantic import ValidationError
 from labtune.api.resource import Resource
 from labtune.operator import metrics
 from labtune.operator.conditions import now
-from labtune.operator.kube import Kube
-from labtune.operator.runs import RunKind, Transition, reconcile_run
-from labtune.operator.settings import OperatorSettings
+from labtune.operator.context import Context, Key
+from labtune.operator.events import Recorder
+from labtune.operator.runs import RunKind, StaleBody, Transition, reconcile_run
 
+log = logging.getLogger(__name__)
 _RETRYABLE = {409, 429, 500, 502, 503, 504}
-
-
-def kube_of(memo: Any) -> Kube:
-    kube: Kube = memo.kube
-    return kube
-
-
-def settings_of(memo: Any) -> OperatorSettings:
-    settings: OperatorSettings = memo.settings
-    return settings
+STALE_RETRIES = 5
+"""Reads of the resource after a 409 on its status write (another writer came first) before
+the reconciliation is handed to the retry queue."""
 
 
 class Gone(Exception):
@@ -69,17 +65,30 @@ def reconciliation(kind: str) -> Iterator[None]:
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
-def announce(body: Mapping[str, Any], transition: Transition | None) -> None:
+def guarded(context: Context, key: Key, work: Callable[[], None]) -> None:
+    """Runs one reconciliation from a watch event or the resync loop. kopf does not retry event
+    handlers, so a temporary failure is queued here and tried again after its delay; a permanent
+    one is logged (the resource keeps its last status until its spec or children change)."""
+    try:
+        work()
+    except kopf.TemporaryError as error:
+        log.warning("%s %s/%s: %s", *key, error)
+        context.retries.later(key, error.delay or 5, lambda: guarded(context, key, work))
+    except kopf.PermanentError as error:
+        log.error("%s %s/%s: %s", *key, error)
+
+
+def announce(recorder: Recorder | None, body: Mapping[str, Any], transition: Transition | None) -> None:
     """An Event for a state change, and the metrics of a finished run."""
     if transition is None:
         return
     outcome = transition.outcome
     kind, namespace = body["kind"], body["metadata"]["namespace"]
     warning = outcome.state == "Failed" or outcome.stalled
-    message = outcome.message or outcome.state
-    kopf.event(
-        cast(kopf.Body, body), type="Warning" if warning else "Normal", reason=outcome.reason, message=message
-    )
+    if recorder is not None:
+        recorder.record(
+            body, "Warning" if warning else "Normal", outcome.reason, outcome.message or outcome.state
+        )
     if outcome.state in ("Succeeded", "Failed"):
         if transition.duration_s is not None:
             metrics.JOB_SECONDS.labels(kind, outcome.state).observe(transition.duration_s)
@@ -87,7 +96,7 @@ def announce(body: Mapping[str, Any], transition: Transition | None) -> None:
             metrics.GPU_SECONDS.labels(namespace, kind).inc(transition.gpu_seconds)
 
 
-_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
 
 
 def serialized(kind: str, namespace: str, name: str) -> threading.Lock:
@@ -95,23 +104,67 @@ def serialized(kind: str, namespace: str, name: str) -> threading.Lock:
     return _locks[(kind, namespace, name)]
 
 
-def current(memo: Any, resource: type[Resource], namespace: str, name: str) -> dict[str, Any]:
-    """The resource as it is now (not as the triggering event saw it); Gone when deleted."""
-    body = kube_of(memo).get_resource(resource, namespace, name)
+def forget(kind: str, namespace: str, name: str) -> None:
+    _locks.pop((kind, namespace, name), None)
+    metrics.RESOURCE_STATES.forget(kind, namespace, name)
+
+
+def read_run(context: Context, resource: type[Resource], namespace: str, name: str) -> dict[str, Any]:
+    """The run as the API has it now (kept in the store); Gone when deleted."""
+    body = context.kube.get_resource(resource, namespace, name)
     if body is None:
         raise Gone()
-    return body
+    return context.store.put_owner(body)
 
 
-def run_once(memo: Any, kind: RunKind, namespace: str, name: str) -> None:
+def run_once(context: Context, kind: RunKind, namespace: str, name: str) -> None:
     """One reconciliation of a run (SyntheticDataRun or TuningJob) with metrics and Events.
 
-    Reconciliations of one resource are serialised and start from its current body, so that two
-    triggers at once (its own event and its Job's) cannot both announce the same transition."""
+    Reconciliations of one resource are serialised and start from the newest body the watch or
+    our own writes have shown; a status write from a body that turned out stale fails with 409,
+    and the reconciliation starts again from a fresh read — so two triggers at once (its own event
+    and its Job's) cannot both announce the same transition."""
     kind_name = kind.resource.kind_name()
-    with serialized(kind_name, namespace, name), reconciliation(kind_name):
-        body = current(memo, kind.resource, namespace, name)
-        transition = reconcile_run(kube_of(memo), body, kind, settings_of(memo), now())
-        announce(body, transition)
+    key = (kind_name, namespace, name)
+    with serialized(*key), reconciliation(kind_name):
+        cached = context.store.owner(*key)
+        body, fresh = (cached, False) if cached else (read_run(context, kind.resource, namespace, name), True)
+        for _ in range(STALE_RETRIES):
+            try:
+                transition = reconcile_run(
+                    context.kube, context.store, body, kind, context.settings, now(), fresh=fresh
+                )
+                break
+            except StaleBody:
+                pass
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+            body, fresh = read_run(context, kind.resource, namespace, name), True
+        else:
+            raise kopf.TemporaryError(
+                f"{kind_name} {namespace}/{name} kept changing under its reconciliation"
+            )
+        announce(context.recorder, body, transition)
         state = transition.outcome.state if transition else (body.get("status") or {}).get("state")
         metrics.RESOURCE_STATES.set(kind_name, namespace, name, state or "Pending")
+
+
+def run_each(context: Context, kind: RunKind, namespace: str, names: Iterable[str]) -> None:
+    """Reconciles several runs of one kind (the dependents of a changed resource)."""
+    kind_name = kind.resource.kind_name()
+    for name in names:
+        guarded(context, (kind_name, namespace, name), partial(run_once, context, kind, namespace, name))
+
+
+def on_run_event(context: Context, kind: RunKind, event: Mapping[str, Any]) -> None:
+    """A watch event of a run: keep its body, then reconcile it (or forget it when deleted)."""
+    body = event["object"]
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if event.get("type") == "DELETED":
+        context.store.drop_owner(body["kind"], namespace, name)
+        forget(body["kind"], namespace, name)
+        return
+    context.store.put_owner(body)
+    key = (body["kind"], namespace, name)
+    guarded(context, key, partial(run_once, context, kind, namespace, name))

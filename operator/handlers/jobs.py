@@ -1,16 +1,17 @@
-"""kopf handlers of the child Jobs: any change of a Job labtune made reconciles its owner at once
-(instead of waiting for the owner's resync timer)."""
+"""kopf handlers of the child Jobs: every change of a Job labtune made is kept in the store and
+reconciles its owner at once (instead of waiting for the resync)."""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import kopf
 
-from labtune.api import API_VERSION, GROUP, VERSION, Taxonomy
-from labtune.operator import metrics
+from labtune.api import API_VERSION
+from labtune.operator.context import context_of
 from labtune.operator.handlers import synthetic_data_run, taxonomy, tuning_job
-from labtune.operator.handlers.common import run_once
+from labtune.operator.handlers.common import guarded, run_once
 from labtune.operator.naming import MANAGED_BY
 from labtune.operator.runs import RunKind
 from labtune.operator.settings import OperatorSettings
@@ -22,20 +23,30 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     del settings
 
     @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "labtune"}, registry=registry)
-    def child_job_moved(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+    def child_job_moved(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        context = context_of(memo)
+        job = cast(dict[str, Any], event["object"])
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        if event["type"] == "DELETED":
+            context.store.drop_job(namespace, name)
+        else:
+            context.store.put_job(job)
         owner = next(
-            (o for o in body.metadata.get("ownerReferences") or [] if o.get("apiVersion") == API_VERSION),
+            (o for o in job["metadata"].get("ownerReferences") or [] if o.get("apiVersion") == API_VERSION),
             None,
         )
         if owner is None:
             return
-        if owner["kind"] == "Taxonomy":
-            taxonomy.sync_once(memo, str(namespace), owner["name"])
-        elif owner["kind"] in RUN_KINDS:
-            run_once(memo, RUN_KINDS[owner["kind"]], str(namespace), owner["name"])
-
-    @kopf.on.delete(GROUP, VERSION, Taxonomy.plural, optional=True, registry=registry)
-    @kopf.on.delete(GROUP, VERSION, synthetic_data_run.KIND.resource.plural, optional=True, registry=registry)
-    @kopf.on.delete(GROUP, VERSION, tuning_job.KIND.resource.plural, optional=True, registry=registry)
-    def resource_deleted(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-        metrics.RESOURCE_STATES.forget(body["kind"], str(namespace), name)
+        kind, owner_name = owner["kind"], owner["name"]
+        if kind == "Taxonomy":
+            guarded(
+                context,
+                (kind, namespace, owner_name),
+                partial(taxonomy.sync_once, context, namespace, owner_name),
+            )
+        elif kind in RUN_KINDS:
+            guarded(
+                context,
+                (kind, namespace, owner_name),
+                partial(run_once, context, RUN_KINDS[kind], namespace, owner_name),
+            )

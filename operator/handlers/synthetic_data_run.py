@@ -7,7 +7,8 @@ from typing import Any
 import kopf
 
 from labtune.api import GROUP, VERSION, SyntheticDataRun, Taxonomy
-from labtune.operator.handlers.common import kube_of, reconciliation, run_once, settings_of
+from labtune.operator.context import context_of
+from labtune.operator.handlers.common import on_run_event, reconciliation, run_each
 from labtune.operator.progress import refresh_progress
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run import SyntheticDataRunKind, progress_status
@@ -21,28 +22,26 @@ def _running(status: Any, **_: Any) -> bool:
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
-    def syntheticdatarun_changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        run_once(memo, KIND, str(namespace), name)
-
-    @kopf.timer(*RESOURCE, interval=settings.resync_interval, registry=registry)
-    def syntheticdatarun_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        run_once(memo, KIND, str(namespace), name)
+    # A watch-event handler (see the TuningJob's): no kopf annotations, no diffs needed.
+    @kopf.on.event(*RESOURCE, registry=registry)
+    def syntheticdatarun_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        on_run_event(context_of(memo), KIND, event)
 
     @kopf.timer(*RESOURCE, interval=settings.scrape_interval, when=_running, registry=registry)
     def syntheticdatarun_progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         with reconciliation("SyntheticDataRun"):
-            refresh_progress(kube_of(memo), body, SyntheticDataRun, settings_of(memo), progress_status)
+            refresh_progress(context_of(memo), body, SyntheticDataRun, progress_status)
 
+    # async: an index is a dict lookup, run on the event loop rather than queued behind the
+    # reconciliations in the handler threads (kopf indexes every event before handling it).
     @kopf.index(*RESOURCE, registry=registry)
-    def syntheticdataruns_by_taxonomy(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> object:
+    async def syntheticdataruns_by_taxonomy(
+        spec: kopf.Spec, name: str, namespace: str | None, **_: Any
+    ) -> object:
         return {(namespace, spec["taxonomyRef"]["name"]): name}
 
     @kopf.on.event(GROUP, VERSION, Taxonomy.plural, registry=registry)
     def taxonomy_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
         """A Taxonomy changed: release (or stall) the SyntheticDataRuns waiting for it."""
         index: kopf.Index[tuple[str | None, str], str] = kwargs["syntheticdataruns_by_taxonomy"]
-        for dependent in index.get((namespace, name), []):
-            run_once(memo, KIND, str(namespace), dependent)
+        run_each(context_of(memo), KIND, str(namespace), index.get((namespace, name), []))

@@ -7,7 +7,8 @@ from typing import Any
 import kopf
 
 from labtune.api import GROUP, VERSION, SyntheticDataRun, TuningJob
-from labtune.operator.handlers.common import kube_of, reconciliation, run_once, settings_of
+from labtune.operator.context import context_of
+from labtune.operator.handlers.common import on_run_event, reconciliation, run_each
 from labtune.operator.progress import refresh_progress
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job import TuningJobKind, progress_status
@@ -21,23 +22,22 @@ def _running(status: Any, **_: Any) -> bool:
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
-    def tuningjob_changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        run_once(memo, KIND, str(namespace), name)
-
-    @kopf.timer(*RESOURCE, interval=settings.resync_interval, registry=registry)
-    def tuningjob_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        run_once(memo, KIND, str(namespace), name)
+    # A watch-event handler, not kopf's create/update/resume: level-triggered reconciliation needs
+    # no diff, and so kopf writes no progress or last-handled-configuration annotations (one patch
+    # and one more watch event per resource saved).
+    @kopf.on.event(*RESOURCE, registry=registry)
+    def tuningjob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        on_run_event(context_of(memo), KIND, event)
 
     @kopf.timer(*RESOURCE, interval=settings.scrape_interval, when=_running, registry=registry)
     def tuningjob_progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         with reconciliation("TuningJob"):
-            refresh_progress(kube_of(memo), body, TuningJob, settings_of(memo), progress_status)
+            refresh_progress(context_of(memo), body, TuningJob, progress_status)
 
+    # async: an index is a dict lookup, run on the event loop rather than queued behind the
+    # reconciliations in the handler threads (kopf indexes every event before handling it).
     @kopf.index(*RESOURCE, registry=registry)
-    def tuningjobs_by_run(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> object:
+    async def tuningjobs_by_run(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> object:
         ref = (spec.get("data") or {}).get("syntheticDataRunRef")
         return {(namespace, ref["name"]): name} if ref else {}
 
@@ -45,5 +45,4 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     def syntheticdatarun_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
         """A SyntheticDataRun changed: release (or fail) the TuningJobs waiting for it."""
         index: kopf.Index[tuple[str | None, str], str] = kwargs["tuningjobs_by_run"]
-        for dependent in index.get((namespace, name), []):
-            run_once(memo, KIND, str(namespace), dependent)
+        run_each(context_of(memo), KIND, str(namespace), index.get((namespace, name), []))
