@@ -28,7 +28,7 @@ from labtune.devcluster.binaries import progress
 from labtune.devcluster.gitserver import GitServer, git_server
 from labtune.devcluster.llama import llama_server
 from labtune.devcluster.models import smollm2_gguf
-from labtune.devcluster.nodeagent import NodeAgent, NodeAgentSettings
+from labtune.devcluster.nodeagent import NodeAgent, NodeAgentSettings, check_host
 from labtune.devcluster.nodeagent_net import Bridge
 
 CLAIM = "labtune-artifacts"
@@ -203,6 +203,7 @@ def operator_process(kubeconfig: Path, namespace: str, log: Path) -> Iterator[su
 @contextmanager
 def demo_environment(settings: DemoSettings) -> Iterator[DemoState]:
     """Starts everything the demo's resources need; stops it all when the block ends."""
+    check_host()  # before the bridge: a clear message where the node agent cannot run
     state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = {name: state_dir / f"{name}.log" for name in ("operator", "teacher")}

@@ -21,6 +21,7 @@ from kubetest import condition, eventually
 
 from labtune.api import GROUP, VERSION
 from labtune.devcluster.demo import DemoSettings, DemoState, demo_environment
+from labtune.devcluster.nodeagent import NodeAgentError, check_host
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,10 @@ def demo(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[DemoSettings, DemoState]]:
     """The demo's environment for one namespace, on its own bridge and free ports."""
+    try:
+        check_host()
+    except NodeAgentError as error:
+        pytest.skip(str(error))
     suffix = uuid.uuid4().hex[:6]
     settings = DemoSettings(
         kubeconfig=kubeconfig,
