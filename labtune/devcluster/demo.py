@@ -298,8 +298,9 @@ def up(settings: DemoSettings, timeout: float = 900.0) -> DemoState:
     """Starts `serve` detached unless it runs; waits until it published its state."""
     if (state := running(settings.state_dir)) is not None:
         return state
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    (settings.state_dir / _STATE_FILE).unlink(missing_ok=True)
+    # A fresh start: outputs left on the claim by a previous demo would be resumed, not redone.
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    settings.state_dir.mkdir(parents=True)
     log = settings.state_dir / "demo.log"
     command = [
         sys.executable,
