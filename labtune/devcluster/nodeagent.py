@@ -16,6 +16,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import config
@@ -23,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
 from labtune.devcluster.nodeagent_api import Json, NodeApi
+from labtune.devcluster.nodeagent_logs import LogServer
 from labtune.devcluster.nodeagent_net import Bridge
 from labtune.devcluster.nodeagent_pod import SYSTEM_CA_BUNDLE, NodeContext, PodRunner, now
 
@@ -105,6 +107,8 @@ class NodeAgent:
         self.settings.data_root.mkdir(parents=True, exist_ok=True)
         self.bridge.ensure()
         self.bridge.sweep(keep=set())
+        self.logs = LogServer(self.bridge.gateway, self.settings.data_root / "tls", self._log_of)
+        self.logs.start()
         context = NodeContext(
             api=self.api,
             bridge=self.bridge,
@@ -133,6 +137,7 @@ class NodeAgent:
             runner.join()
         if self.settings.delete_node_on_stop:
             self.api.delete_node(self.name)
+        self.logs.stop()
         self.bridge.remove()
         self._client.close()
 
@@ -183,10 +188,9 @@ class NodeAgent:
             "capacity": capacity,
             "allocatable": capacity,
             "conditions": conditions,
-            "addresses": [
-                {"type": "InternalIP", "address": self.bridge.gateway},
-                {"type": "Hostname", "address": self.name},
-            ],
+            # No Hostname address: the API server would dial the node name, which nothing resolves.
+            "addresses": [{"type": "InternalIP", "address": self.bridge.gateway}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.logs.port}},
             "nodeInfo": {
                 "architecture": platform.machine(),
                 "operatingSystem": "linux",
@@ -271,6 +275,15 @@ class NodeAgent:
             runner.stop(0)
             runner.join()
             runner.remove()
+
+    def _log_of(self, namespace: str, pod: str, container: str) -> tuple[Path, Callable[[], bool]] | None:
+        """A container's log file for `kubectl logs` (the newest pod of that name)."""
+        with self._lock:
+            runners = [r for r in self.runners.values() if r.name == f"{namespace}/{pod}"]
+        found = runners[-1].container(container) if runners else None
+        if found is None:
+            return None
+        return found.log, lambda: found.running
 
     def _forget(self, listed: set[str]) -> None:
         """Pods deleted while no watch was open."""

@@ -180,6 +180,9 @@ class PodRunner:
     def name(self) -> str:
         return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
 
+    def container(self, name: str) -> Container | None:
+        return next((c for c in [*self.init, *self.main] if c.name == name), None)
+
     def start(self) -> None:
         self._thread.start()
 

@@ -125,6 +125,12 @@ def test_job_runs_to_completion_with_volumes_env_and_termination_message(
         agent.settings.data_root.glob(f"pods/{namespace}_{pod.metadata.name}_*/containers/main/container.log")
     )
     assert log.read_text().splitlines() == ["a: 1", f"hello world $(WHO) {pod.metadata.name} s3cret"]
+    # kubectl logs: the API server proxies to the agent's log endpoint on the node's address
+    assert core.read_namespaced_pod_log(pod.metadata.name, namespace) == log.read_text()
+    assert (
+        core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=1)
+        == log.read_text().splitlines(True)[-1]
+    )
 
 
 def test_exit_code_fails_the_job_through_the_pod_failure_policy(
