@@ -45,6 +45,7 @@ class GoCommands:
     version: str
     packages: tuple[str, ...]  # under the module; the command is the last path element
     stamps: tuple[str, ...] = ()  # `-X package.var=value` link-time settings, as the module's Makefile sets
+    tags: tuple[str, ...] = ()  # build tags
 
     @property
     def commands(self) -> tuple[str, ...]:
@@ -69,8 +70,14 @@ HELM = GoCommands(
         f"{HELM_MODULE}/pkg/lint/rules.k8sVersionMinor=37",
     ),
 )
+# remove_all_sd leaves out the cloud service discoveries (AWS, Azure, GCE, ...: most of the build time
+# and size); the tests scrape static targets.
 PROMETHEUS = GoCommands(
-    "prometheus", PROMETHEUS_MODULE, PROMETHEUS_VERSION, ("cmd/prometheus", "cmd/promtool")
+    "prometheus",
+    PROMETHEUS_MODULE,
+    PROMETHEUS_VERSION,
+    ("cmd/prometheus", "cmd/promtool"),
+    tags=("remove_all_sd",),
 )
 
 
@@ -120,7 +127,8 @@ def _install(spec: GoCommands, out: Path) -> None:
         env = {**os.environ, "GOBIN": str(staging), "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
         targets = [f"{spec.module}/{package}@{spec.version}" for package in spec.packages]
         ldflags = " ".join(["-s", "-w", *(f"-X {stamp}" for stamp in spec.stamps)])
-        _go(["install", "-trimpath", "-ldflags", ldflags, *targets], Path(work), env)
+        tags = ["-tags", ",".join(spec.tags)] if spec.tags else []
+        _go(["install", "-trimpath", *tags, "-ldflags", ldflags, *targets], Path(work), env)
         shutil.rmtree(out, ignore_errors=True)
         staging.replace(out)
     progress(f"built {', '.join(spec.commands)} in {time.monotonic() - started:.0f}s into {out}")

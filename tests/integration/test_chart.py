@@ -106,7 +106,8 @@ def test_other_values_render_roles_per_namespace_and_monitoring(tools: Tools) ->
 
 
 def _rules(path: str, kind: str) -> list[dict[str, Any]]:
-    return only(list(yaml.safe_load_all((ROOT / path).read_text())), kind)["rules"]  # type: ignore[no-any-return]
+    rules: list[dict[str, Any]] = only(list(yaml.safe_load_all((ROOT / path).read_text())), kind)["rules"]
+    return rules
 
 
 def test_rbac_equals_deploy_rbac(tools: Tools) -> None:
