@@ -60,6 +60,7 @@ mark "TuningJob succeeded"
 
 step kubectl get labtune -o wide
 step kubectl get pods -o wide
+step kubectl logs job/demo-train --tail=4
 for kind in taxonomy syntheticdatarun tuningjob; do
   printf '\n\033[1m$ kubectl get %s demo -o jsonpath=…conditions\033[0m\n' "$kind"
   kubectl get "$kind" demo -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}'
@@ -80,6 +81,6 @@ cat <<EOT
 Everything keeps running. Use it with:
   $(labtune dev controlplane env)
   kubectl get labtune -o wide
-Pod logs are files under $pods/<namespace>_<pod>_<uid>/containers/<container>/container.log.
+Pod logs: kubectl logs <pod>, or the files under $pods/<namespace>_<pod>_<uid>/containers/<container>/container.log.
 Stop everything with: make demo-down
 EOT
