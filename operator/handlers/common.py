@@ -143,7 +143,7 @@ def run_once(context: Context, kind: RunKind, namespace: str, name: str) -> None
             body, fresh = read_run(context, kind.resource, namespace, name), True
         else:
             raise kopf.TemporaryError(
-                f"{kind_name} {namespace}/{name} kept changing under its reconciliation"
+                f"every status write met 409 Conflict {STALE_RETRIES} times: another writer keeps changing it"
             )
         announce(context.recorder, body, transition)
         state = transition.outcome.state if transition else (body.get("status") or {}).get("state")

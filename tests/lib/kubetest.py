@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,61 @@ class OperatorProcess:
     liveness_port: int
     job_metrics_port: int
     log: Path
+
+
+class OperatorRunner:
+    """`python -m labtune.operator` as a child process that a test may also SIGKILL and start again."""
+
+    def __init__(self, kubeconfig: Path, process: OperatorProcess) -> None:
+        self.kubeconfig, self.process = kubeconfig, process
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        process = self.process
+        command = [
+            sys.executable, "-m", "labtune.operator",
+            "--kubeconfig", str(self.kubeconfig),
+            "--metrics-port", str(process.metrics_port),
+            "--liveness-port", str(process.liveness_port),
+            "--job-metrics-port", str(process.job_metrics_port),
+            "--scrape-interval", "1",
+            "--resync-interval", "5",
+            "--generator-image", "labtune/generator:test",
+            "--trainer-image", "labtune/trainer:test",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with process.log.open("ab") as log:
+            self.popen = popen = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=process.log.parent
+            )
+
+        def healthy() -> bool | None:
+            if popen.poll() is not None:
+                pytest.fail(f"operator exited with {popen.returncode}:\n{process.log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{process.liveness_port}/healthz", timeout=1
+                ) as r:
+                    return True if r.status == 200 else None
+            except OSError:
+                return None
+
+        eventually(healthy, timeout=60, what="the operator's /healthz")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no finishing of what is in flight."""
+        assert self.popen is not None
+        self.popen.kill()
+        self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
 
 
 class Kubelet:

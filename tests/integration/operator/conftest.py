@@ -10,11 +10,7 @@ real node.
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubetest import GPU_PRODUCT, Cluster, Kubelet, OperatorProcess, eventually, free_port
+from kubetest import GPU_PRODUCT, Cluster, Kubelet, OperatorProcess, OperatorRunner, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -119,57 +115,35 @@ def gpu_node(api_client: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def operator_process(
+def operator_runner(
     api_client: client.ApiClient,
     kubeconfig: Path,
     labtune_crds: list[str],
     kube_controllers: None,
     gpu_node: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    """`python -m labtune.operator` watching every namespace with the ServiceAccount's token; one per
-    test module, so that no operator outlives its tests and touches other tests' resources."""
+) -> Iterator[OperatorRunner]:
+    """The operator watching every namespace with the ServiceAccount's token; one per test module,
+    so that no operator outlives its tests and touches other tests' resources."""
     folder = tmp_path_factory.mktemp("operator")
     _apply_rbac(api_client)
     sa_kubeconfig = _service_account_kubeconfig(api_client, kubeconfig, folder / "kubeconfig")
-    process = OperatorProcess(free_port(), free_port(), free_port(), folder / "operator.log")
-    command = [
-        sys.executable, "-m", "labtune.operator",
-        "--kubeconfig", str(sa_kubeconfig),
-        "--metrics-port", str(process.metrics_port),
-        "--liveness-port", str(process.liveness_port),
-        "--job-metrics-port", str(process.job_metrics_port),
-        "--scrape-interval", "1",
-        "--resync-interval", "5",
-        "--generator-image", "labtune/generator:test",
-        "--trainer-image", "labtune/trainer:test",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    with process.log.open("wb") as log:
-        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
+    runner = OperatorRunner(
+        sa_kubeconfig, OperatorProcess(free_port(), free_port(), free_port(), folder / "operator.log")
+    )
     try:
-
-        def healthy() -> bool | None:
-            if popen.poll() is not None:
-                pytest.fail(f"operator exited with {popen.returncode}:\n{process.log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{process.liveness_port}/healthz", timeout=1
-                ) as r:
-                    return True if r.status == 200 else None
-            except OSError:
-                return None
-
-        eventually(healthy, timeout=60, what="the operator's /healthz")
-        yield process
+        runner.start()
+        yield runner
     finally:
-        popen.terminate()
-        try:
-            popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-        errors = [line for line in process.log.read_text().splitlines() if "Traceback" in line]
-        print(f"operator log: {process.log} ({len(errors)} tracebacks)")
+        runner.stop()
+        errors = [line for line in runner.process.log.read_text().splitlines() if "Traceback" in line]
+        print(f"operator log: {runner.process.log} ({len(errors)} tracebacks)")
+
+
+@pytest.fixture(scope="module")
+def operator_process(operator_runner: OperatorRunner) -> OperatorProcess:
+    """The running operator's ports and log."""
+    return operator_runner.process
 
 
 @pytest.fixture
