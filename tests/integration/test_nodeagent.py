@@ -172,7 +172,8 @@ def test_deleting_a_pod_stops_its_process_after_sigterm(
     core = client.CoreV1Api(api_client)
     marker = tmp_path / "marker"
     script = (
-        "trap 'echo stopped > /out/marker; exit 0' TERM; echo $$$$ > /out/pid; while true; do sleep 0.1; done"
+        "trap 'echo stopped > /mnt/out/marker; exit 0' TERM; echo $$$$ > /mnt/out/pid; "
+        "while true; do sleep 0.1; done"
     )
     pod = {
         "metadata": {"name": "sleeper"},
@@ -185,7 +186,7 @@ def test_deleting_a_pod_stops_its_process_after_sigterm(
                     "name": "main",
                     "image": "unused",
                     "command": ["sh", "-c", script],
-                    "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                    "volumeMounts": [{"name": "out", "mountPath": "/mnt/out"}],
                 }
             ],
             "volumes": [{"name": "out", "hostPath": {"path": str(tmp_path)}}],
