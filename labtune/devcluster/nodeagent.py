@@ -59,7 +59,6 @@ class NodeAgentSettings(BaseModel):
     pod_cidr: str = "10.244.0.0/24"
     extra_ca: Path | None = None
     """A PEM CA that containers trust besides the host's CAs (as an image with it baked in)."""
-    delete_node_on_stop: bool = True
 
 
 def _memory() -> str:
@@ -106,13 +105,12 @@ class NodeAgent:
     def start(self) -> None:
         self.settings.data_root.mkdir(parents=True, exist_ok=True)
         self.bridge.ensure()
-        self.bridge.sweep(keep=set())
+        self.bridge.sweep()
         self.logs = LogServer(self.bridge.gateway, self.settings.data_root / "tls", self._log_of)
         self.logs.start()
         context = NodeContext(
             api=self.api,
             bridge=self.bridge,
-            node_name=self.name,
             data_root=self.settings.data_root,
             bin_dir=Path(sys.executable).parent,
             ca_bundle=self._ca_bundle(),
@@ -127,7 +125,7 @@ class NodeAgent:
         log.info("node %s is Ready (%s pods' bridge %s)", self.name, self.settings.pod_cidr, self.bridge.name)
 
     def stop(self) -> None:
-        """Stops every pod (their grace periods apply), then the Node goes (if so configured)."""
+        """Stops every pod (their grace periods apply), then deletes the Node."""
         self._stopping.set()
         with self._lock:
             runners = list(self.runners.values())
@@ -135,8 +133,7 @@ class NodeAgent:
             runner.stop(None)
         for runner in runners:
             runner.join()
-        if self.settings.delete_node_on_stop:
-            self.api.delete_node(self.name)
+        self.api.delete_node(self.name)  # a dev node does not outlive its agent
         self.logs.stop()
         self.bridge.remove()
         self._client.close()

@@ -86,9 +86,9 @@ class Bridge:
             if network.ip not in self._free:
                 self._free.append(network.ip)  # reused last: a finished pod's status still shows it
 
-    def sweep(self, keep: set[str]) -> None:
+    def sweep(self) -> None:
         """Deletes namespaces this bridge's pods left behind (an agent killed without cleanup)."""
         for line in ip("netns", "list").stdout.splitlines():
             name = line.split()[0] if line.strip() else ""
-            if name.startswith(f"{self.name}-") and name not in keep:
+            if name.startswith(f"{self.name}-"):
                 ip("netns", "del", name, check=False)

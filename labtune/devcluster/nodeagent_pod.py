@@ -40,7 +40,6 @@ class NodeContext:
 
     api: NodeApi
     bridge: Bridge
-    node_name: str
     data_root: Path
     bin_dir: Path
     """The project environment's bin folder: first on every container's PATH."""
@@ -196,12 +195,8 @@ class PodRunner:
         self._stop.set()
         return True
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
+    def join(self) -> None:
+        self._thread.join()
 
     def remove(self) -> None:
         """Removes the pod's files, logs included (the pod object is gone)."""
