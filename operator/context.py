@@ -1,5 +1,5 @@
 """What every reconciliation works with, created once when the operator starts (kept in kopf's
-memo): the API, the settings, the watch store, the Event recorder and the retry queue."""
+memo): the API, the settings, the work queue, the watch store, the Event recorder and the retries."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from labtune.operator.events import Recorder
 from labtune.operator.kube import Kube
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.store import Store
-
-Key = tuple[str, str, str]
-"""(kind, namespace, name)"""
+from labtune.operator.workqueue import Key, WorkQueue
 
 
 @dataclass
@@ -30,11 +28,11 @@ class Retries:
         with self.lock:
             self.due[key] = (time.monotonic() + delay, again)
 
-    def take_due(self) -> list[Callable[[], None]]:
+    def take_due(self) -> list[tuple[Key, Callable[[], None]]]:
         moment = time.monotonic()
         with self.lock:
             ready = [key for key, (at, _) in self.due.items() if at <= moment]
-            return [self.due.pop(key)[1] for key in ready]
+            return [(key, self.due.pop(key)[1]) for key in ready]
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,7 @@ class Context:
 
     kube: Kube
     settings: OperatorSettings
+    queue: WorkQueue
     store: Store = field(default_factory=Store)
     recorder: Recorder | None = None
     retries: Retries = field(default_factory=Retries)

@@ -17,6 +17,7 @@ from labtune.operator.events import Recorder
 from labtune.operator.handlers import jobs, resync, synthetic_data_run, taxonomy, tuning_job
 from labtune.operator.kube import Kube, api_client
 from labtune.operator.settings import OperatorSettings
+from labtune.operator.workqueue import WorkQueue
 
 FINALIZER = f"{GROUP}/finalizer"
 # kopf's default is no timeout: a watch connection that silently dies is never noticed. The server
@@ -71,7 +72,8 @@ def run(settings: OperatorSettings) -> None:
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings, operator_settings)
         kube = Kube(api_client(operator_settings.kubeconfig, operator_settings.workers))
-        memo.context = Context(kube, operator_settings, recorder=Recorder(kube))
+        queue = WorkQueue(operator_settings.workers)
+        memo.context = Context(kube, operator_settings, queue, recorder=Recorder(kube))
         resync.start(memo.context)
         metrics.serve(operator_settings.metrics_port)
 

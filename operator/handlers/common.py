@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from labtune.api.resource import Resource
 from labtune.operator import metrics
 from labtune.operator.conditions import now
-from labtune.operator.context import Context, Key
+from labtune.operator.context import Context
 from labtune.operator.events import Recorder
 from labtune.operator.runs import RunKind, StaleBody, Transition, reconcile_run
+from labtune.operator.workqueue import Key
 
 log = logging.getLogger(__name__)
 _RETRYABLE = {409, 429, 500, 502, 503, 504}
@@ -65,15 +66,20 @@ def reconciliation(kind: str) -> Iterator[None]:
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
+def enqueue(context: Context, key: Key, work: Callable[[], None]) -> None:
+    """Queues one reconciliation (from a watch event, a resync or a retry) for the worker threads."""
+    context.queue.add(key, partial(guarded, context, key, work))
+
+
 def guarded(context: Context, key: Key, work: Callable[[], None]) -> None:
-    """Runs one reconciliation from a watch event or the resync loop. kopf does not retry event
-    handlers, so a temporary failure is queued here and tried again after its delay; a permanent
-    one is logged (the resource keeps its last status until its spec or children change)."""
+    """Runs one queued reconciliation. kopf does not retry event handlers, so a temporary failure is
+    queued again after its delay; a permanent one is logged (the resource keeps its last status
+    until its spec or children change)."""
     try:
         work()
     except kopf.TemporaryError as error:
         log.warning("%s %s/%s: %s", *key, error)
-        context.retries.later(key, error.delay or 5, lambda: guarded(context, key, work))
+        context.retries.later(key, error.delay or 5, work)
     except kopf.PermanentError as error:
         log.error("%s %s/%s: %s", *key, error)
 
@@ -154,11 +160,12 @@ def run_each(context: Context, kind: RunKind, namespace: str, names: Iterable[st
     """Reconciles several runs of one kind (the dependents of a changed resource)."""
     kind_name = kind.resource.kind_name()
     for name in names:
-        guarded(context, (kind_name, namespace, name), partial(run_once, context, kind, namespace, name))
+        enqueue(context, (kind_name, namespace, name), partial(run_once, context, kind, namespace, name))
 
 
 def on_run_event(context: Context, kind: RunKind, event: Mapping[str, Any]) -> None:
-    """A watch event of a run: keep its body, then reconcile it (or forget it when deleted)."""
+    """A watch event of a run: keep its body and queue its reconciliation (or forget it when
+    deleted). Cheap enough for the event loop."""
     body = event["object"]
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if event.get("type") == "DELETED":
@@ -167,4 +174,4 @@ def on_run_event(context: Context, kind: RunKind, event: Mapping[str, Any]) -> N
         return
     context.store.put_owner(body)
     key = (body["kind"], namespace, name)
-    guarded(context, key, partial(run_once, context, kind, namespace, name))
+    enqueue(context, key, partial(run_once, context, kind, namespace, name))

@@ -11,7 +11,7 @@ import kopf
 from labtune.api import API_VERSION
 from labtune.operator.context import context_of
 from labtune.operator.handlers import synthetic_data_run, taxonomy, tuning_job
-from labtune.operator.handlers.common import guarded, run_once
+from labtune.operator.handlers.common import enqueue, run_once
 from labtune.operator.naming import MANAGED_BY
 from labtune.operator.runs import RunKind
 from labtune.operator.settings import OperatorSettings
@@ -22,8 +22,9 @@ RUN_KINDS: dict[str, RunKind] = {"SyntheticDataRun": synthetic_data_run.KIND, "T
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     del settings
 
+    # async, like every watch-event handler here: it only updates the store and queues work.
     @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "labtune"}, registry=registry)
-    def child_job_moved(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    async def child_job_moved(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         context = context_of(memo)
         job = cast(dict[str, Any], event["object"])
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
@@ -39,13 +40,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             return
         kind, owner_name = owner["kind"], owner["name"]
         if kind == "Taxonomy":
-            guarded(
+            enqueue(
                 context,
                 (kind, namespace, owner_name),
                 partial(taxonomy.sync_once, context, namespace, owner_name),
             )
         elif kind in RUN_KINDS:
-            guarded(
+            enqueue(
                 context,
                 (kind, namespace, owner_name),
                 partial(run_once, context, RUN_KINDS[kind], namespace, owner_name),

@@ -1,6 +1,6 @@
-"""One background thread for the whole operator (instead of a kopf timer per resource): it runs
+"""One background thread for the whole operator (instead of a kopf timer per resource): it queues
 the retries that are due and, every resync interval, lists the runs and the child Jobs afresh and
-reconciles every run from that list — the level-triggered safety net for a missed watch event or a
+queues every run for reconciliation — the level-triggered safety net for a missed watch event or a
 reconciliation that failed for good."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from kubernetes.client.exceptions import ApiException
 
 from labtune.operator.context import Context
-from labtune.operator.handlers.common import run_each
+from labtune.operator.handlers.common import enqueue, run_each
 from labtune.operator.handlers.jobs import RUN_KINDS
 from labtune.operator.naming import MANAGED_BY
 
@@ -40,8 +40,8 @@ def _loop(context: Context) -> None:
     next_resync = time.monotonic() + interval
     while True:
         time.sleep(min(RETRY_TICK_SECONDS, max(0.0, next_resync - time.monotonic())))
-        for again in context.retries.take_due():
-            again()
+        for key, again in context.retries.take_due():
+            enqueue(context, key, again)
         if time.monotonic() < next_resync:
             continue
         next_resync = time.monotonic() + interval

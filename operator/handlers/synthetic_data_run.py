@@ -24,7 +24,7 @@ def _running(status: Any, **_: Any) -> bool:
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     # A watch-event handler (see the TuningJob's): no kopf annotations, no diffs needed.
     @kopf.on.event(*RESOURCE, registry=registry)
-    def syntheticdatarun_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    async def syntheticdatarun_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         on_run_event(context_of(memo), KIND, event)
 
     @kopf.timer(*RESOURCE, interval=settings.scrape_interval, when=_running, registry=registry)
@@ -32,8 +32,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         with reconciliation("SyntheticDataRun"):
             refresh_progress(context_of(memo), body, SyntheticDataRun, progress_status)
 
-    # async: an index is a dict lookup, run on the event loop rather than queued behind the
-    # reconciliations in the handler threads (kopf indexes every event before handling it).
+    # async: an index is a dict lookup, run on the event loop rather than handed to a thread
+    # (kopf indexes every event before handling it).
     @kopf.index(*RESOURCE, registry=registry)
     async def syntheticdataruns_by_taxonomy(
         spec: kopf.Spec, name: str, namespace: str | None, **_: Any
@@ -41,7 +41,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         return {(namespace, spec["taxonomyRef"]["name"]): name}
 
     @kopf.on.event(GROUP, VERSION, Taxonomy.plural, registry=registry)
-    def taxonomy_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    async def taxonomy_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
         """A Taxonomy changed: release (or stall) the SyntheticDataRuns waiting for it."""
         index: kopf.Index[tuple[str | None, str], str] = kwargs["syntheticdataruns_by_taxonomy"]
         run_each(context_of(memo), KIND, str(namespace), index.get((namespace, name), []))

@@ -12,7 +12,7 @@ from labtune.api import GROUP, VERSION, Taxonomy
 from labtune.operator import metrics
 from labtune.operator.conditions import now
 from labtune.operator.context import Context, context_of
-from labtune.operator.handlers.common import Gone, forget, guarded, reconciliation, serialized
+from labtune.operator.handlers.common import Gone, enqueue, forget, reconciliation, serialized
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.taxonomy import reconcile_taxonomy
 
@@ -46,14 +46,14 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     # A watch-event handler, not kopf's create/update/resume: the sync due is derived from the
     # generation (level-triggered), so no diff and no kopf annotations are needed.
     @kopf.on.event(*RESOURCE, registry=registry)
-    def taxonomy_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    async def taxonomy_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         meta = event["object"]["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if event["type"] == "DELETED":
             forget("Taxonomy", namespace, name)
             return
         context = context_of(memo)
-        guarded(context, ("Taxonomy", namespace, name), partial(sync_once, context, namespace, name))
+        enqueue(context, ("Taxonomy", namespace, name), partial(sync_once, context, namespace, name))
 
     @kopf.timer(*RESOURCE, interval=TICK_SECONDS, registry=registry)
     def taxonomy_tick(name: str, namespace: str | None, memo: Any, **_: Any) -> None:

@@ -24,9 +24,10 @@ def _running(status: Any, **_: Any) -> bool:
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     # A watch-event handler, not kopf's create/update/resume: level-triggered reconciliation needs
     # no diff, and so kopf writes no progress or last-handled-configuration annotations (one patch
-    # and one more watch event per resource saved).
+    # and one more watch event per resource saved). Async: it only stores the body and queues the
+    # reconciliation for the worker threads (see workqueue).
     @kopf.on.event(*RESOURCE, registry=registry)
-    def tuningjob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    async def tuningjob_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         on_run_event(context_of(memo), KIND, event)
 
     @kopf.timer(*RESOURCE, interval=settings.scrape_interval, when=_running, registry=registry)
@@ -34,15 +35,15 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         with reconciliation("TuningJob"):
             refresh_progress(context_of(memo), body, TuningJob, progress_status)
 
-    # async: an index is a dict lookup, run on the event loop rather than queued behind the
-    # reconciliations in the handler threads (kopf indexes every event before handling it).
+    # async: an index is a dict lookup, run on the event loop rather than handed to a thread
+    # (kopf indexes every event before handling it).
     @kopf.index(*RESOURCE, registry=registry)
     async def tuningjobs_by_run(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> object:
         ref = (spec.get("data") or {}).get("syntheticDataRunRef")
         return {(namespace, ref["name"]): name} if ref else {}
 
     @kopf.on.event(GROUP, VERSION, SyntheticDataRun.plural, registry=registry)
-    def syntheticdatarun_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    async def syntheticdatarun_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
         """A SyntheticDataRun changed: release (or fail) the TuningJobs waiting for it."""
         index: kopf.Index[tuple[str | None, str], str] = kwargs["tuningjobs_by_run"]
         run_each(context_of(memo), KIND, str(namespace), index.get((namespace, name), []))
