@@ -77,7 +77,7 @@ class Operator:
     def __init__(self, kubeconfig: Path, log: Path, namespaces: tuple[str, ...]) -> None:
         self.kubeconfig, self.log, self.namespaces = kubeconfig, log, namespaces
         self.liveness = free_port()
-        self.peak_rss_kb = 0
+        self.peak_rss_kb: list[int] = []  # per process started
         self.cpu_s = 0.0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -89,6 +89,7 @@ class Operator:
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.peak_rss_kb.append(0)
         threading.Thread(target=self._sample_until_exit, args=(self.process,), daemon=True).start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -108,7 +109,7 @@ class Operator:
                 return  # exited between the check and the read
             if "VmHWM:" not in status:
                 return  # a zombie: killed, not yet reaped
-            self.peak_rss_kb = max(self.peak_rss_kb, int(status.split("VmHWM:")[1].split()[0]))
+            self.peak_rss_kb[-1] = max(self.peak_rss_kb[-1], int(status.split("VmHWM:")[1].split()[0]))
             self.cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             time.sleep(0.1)
 
@@ -251,8 +252,13 @@ def main() -> None:
         f"the operator's writes (TuningJob, ConfigMap, Job, status) made by a client: {same_writes_s:.1f}s, "
         f"ratio {same_writes_s / baseline_s:.2f}; operator / those writes: {operator_s / same_writes_s:.2f}"
     )
-    rss_mb = operator.peak_rss_kb / 1024
-    print(f"operator peak RSS: {rss_mb:.0f} MB (target <= 200), CPU: {operator_cpu_s:.1f}s for the first {n}")
+    first, restarted = (kb / 1024 for kb in operator.peak_rss_kb)
+    print(
+        f"operator peak RSS: {max(first, restarted):.0f} MB (target <= 200): "
+        f"{first:.0f} MB through the first {n}, {restarted:.0f} MB after the restart "
+        f"(listing {n} + {n} TuningJobs and their Jobs at once); "
+        f"CPU: {operator_cpu_s:.1f}s for the first {n}"
+    )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs")
     print(f"after SIGKILL half-way and restart: {jobs} Jobs for {n} TuningJobs, duplicates: {duplicates}")
 

@@ -24,6 +24,7 @@ FINALIZER = f"{GROUP}/finalizer"
 # ends each watch within this window and kopf reconnects.
 WATCH_SERVER_TIMEOUT_S = 300
 WATCH_CLIENT_TIMEOUT_S = 330
+LIST_PAGE = 100
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -59,6 +60,8 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) 
     kopf_settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
     kopf_settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
     kopf_settings.watching.connect_timeout = 30
+    # A restart lists every resource and Job; pages keep that from being one huge response in memory.
+    kopf_settings.watching.chunk_size = LIST_PAGE
     kopf_settings.execution.max_workers = settings.workers
     kopf_settings.posting.enabled = False  # Events come from events.Recorder, for transitions only
     kopf_settings.networking.request_timeout = 60

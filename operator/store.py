@@ -9,6 +9,7 @@ watch event cannot undo what a newer write or event already showed.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -45,6 +46,22 @@ def trim(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pack(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(data)
+    return body
+
+
+def _reference(body: Mapping[str, Any]) -> str | None:
+    spec = body.get("spec") or {}
+    ref = (spec.get("data") or {}).get("syntheticDataRunRef") or spec.get("taxonomyRef") or {}
+    name: str | None = ref.get("name")
+    return name
+
+
 def owner_key(body: Mapping[str, Any]) -> OwnerKey:
     return body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
 
@@ -54,8 +71,11 @@ class Store:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._owners: dict[OwnerKey, tuple[int | None, dict[str, Any]]] = {}
+        # Bodies as compact JSON: a few KB each instead of the tens of KB of nested dicts, which
+        # matters when a restart lists thousands of runs at once.
+        self._owners: dict[OwnerKey, tuple[int | None, bytes]] = {}
         self._jobs: dict[JobKey, tuple[int | None, JobView]] = {}
+        self._refs: dict[OwnerKey, str] = {}  # what each run waits for (see `dependents`)
 
     def put_owner(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Keeps the body unless a newer one is already known; returns the newest."""
@@ -63,21 +83,28 @@ class Store:
         with self._lock:
             known = self._owners.get(key)
             if known is None or _newer(version, known[0]):
-                self._owners[key] = (version, trim(body))
-            return self._owners[key][1]
+                self._owners[key] = (version, _pack(trim(body)))
+                self._refs.pop(key, None)
+                if ref := _reference(body):
+                    self._refs[key] = ref
+            newest = self._owners[key][1]
+        return _unpack(newest)
 
     def owner(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             found = self._owners.get((kind, namespace, name))
-        return found[1] if found else None
-
-    def owners(self, kind: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [body for (k, _, _), (_, body) in self._owners.items() if k == kind]
+        return _unpack(found[1]) if found else None
 
     def drop_owner(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._owners.pop((kind, namespace, name), None)
+            self._refs.pop((kind, namespace, name), None)
+
+    def dependents(self, kind: str, namespace: str, name: str) -> list[str]:
+        """Runs of a kind in the namespace that reference `name` (a TuningJob its SyntheticDataRun,
+        a SyntheticDataRun its Taxonomy)."""
+        with self._lock:
+            return [n for (k, ns, n), ref in self._refs.items() if (k, ns, ref) == (kind, namespace, name)]
 
     def put_job(self, job: Mapping[str, Any]) -> JobView:
         """Keeps the Job's view unless a newer one is already known; returns the newest."""
@@ -102,6 +129,8 @@ class Store:
         fresh = [trim(body) for body in owners]
         with self._lock:
             _forget_unlisted(self._owners, {owner_key(b) for b in fresh}, list_version, kind)
+            for key in [key for key in self._refs if key not in self._owners]:
+                del self._refs[key]
         for body in fresh:
             self.put_owner(body)
 

@@ -32,16 +32,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         with reconciliation("SyntheticDataRun"):
             refresh_progress(context_of(memo), body, SyntheticDataRun, progress_status)
 
-    # async: an index is a dict lookup, run on the event loop rather than handed to a thread
-    # (kopf indexes every event before handling it).
-    @kopf.index(*RESOURCE, registry=registry)
-    async def syntheticdataruns_by_taxonomy(
-        spec: kopf.Spec, name: str, namespace: str | None, **_: Any
-    ) -> object:
-        return {(namespace, spec["taxonomyRef"]["name"]): name}
-
     @kopf.on.event(GROUP, VERSION, Taxonomy.plural, registry=registry)
-    async def taxonomy_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    async def taxonomy_moved(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         """A Taxonomy changed: release (or stall) the SyntheticDataRuns waiting for it."""
-        index: kopf.Index[tuple[str | None, str], str] = kwargs["syntheticdataruns_by_taxonomy"]
-        run_each(context_of(memo), KIND, str(namespace), index.get((namespace, name), []))
+        context = context_of(memo)
+        run_each(
+            context, KIND, str(namespace), context.store.dependents("SyntheticDataRun", str(namespace), name)
+        )

@@ -35,15 +35,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         with reconciliation("TuningJob"):
             refresh_progress(context_of(memo), body, TuningJob, progress_status)
 
-    # async: an index is a dict lookup, run on the event loop rather than handed to a thread
-    # (kopf indexes every event before handling it).
-    @kopf.index(*RESOURCE, registry=registry)
-    async def tuningjobs_by_run(spec: kopf.Spec, name: str, namespace: str | None, **_: Any) -> object:
-        ref = (spec.get("data") or {}).get("syntheticDataRunRef")
-        return {(namespace, ref["name"]): name} if ref else {}
-
     @kopf.on.event(GROUP, VERSION, SyntheticDataRun.plural, registry=registry)
-    async def syntheticdatarun_moved(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    async def syntheticdatarun_moved(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         """A SyntheticDataRun changed: release (or fail) the TuningJobs waiting for it."""
-        index: kopf.Index[tuple[str | None, str], str] = kwargs["tuningjobs_by_run"]
-        run_each(context_of(memo), KIND, str(namespace), index.get((namespace, name), []))
+        context = context_of(memo)
+        run_each(context, KIND, str(namespace), context.store.dependents("TuningJob", str(namespace), name))
