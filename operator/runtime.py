@@ -25,6 +25,7 @@ FINALIZER = f"{GROUP}/finalizer"
 WATCH_SERVER_TIMEOUT_S = 300
 WATCH_CLIENT_TIMEOUT_S = 330
 LIST_PAGE = 100
+OBJECT_WORKER_IDLE_S = 0.5
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -63,6 +64,9 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) 
     # A restart lists every resource and Job; pages keep that from being one huge response in memory.
     kopf_settings.watching.chunk_size = LIST_PAGE
     kopf_settings.execution.max_workers = settings.workers
+    # kopf keeps a task per object alive this long after its last event; the handlers return at
+    # once (they only queue work), so a short wait keeps a burst of listed objects from piling up.
+    kopf_settings.queueing.idle_timeout = OBJECT_WORKER_IDLE_S
     kopf_settings.posting.enabled = False  # Events come from events.Recorder, for transitions only
     kopf_settings.networking.request_timeout = 60
 
