@@ -50,7 +50,7 @@ def operator() -> None:
         _option("liveness-port", "Port of the operator's /healthz (0: off).", type=int),
         _option("scrape-interval", "Seconds between reads of running pods' metrics.", type=float),
         _option("resync-interval", "Seconds between full re-reconciliations.", type=float),
-        _option("workers", "Handler threads.", type=int),
+        _option("workers", "Reconciliation worker threads.", type=int),
         click.Option(["--verbose", "-v"], is_flag=True, help="Debug logging."),
     ]
 )

@@ -40,4 +40,4 @@ class OperatorSettings(BaseModel):
     resync_interval: Annotated[float, Field(gt=0)] = 60.0
     """Seconds between level-triggered re-reconciliations of every resource."""
     workers: Annotated[int, Field(ge=1, le=256)] = 16
-    """Handler threads."""
+    """Reconciliation worker threads (each runs one reconciliation at a time)."""
