@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from labtune.contract import metrics as names
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -13,8 +15,8 @@ class GeneratorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.leaves_total = Gauge("labtune_generator_leaves_total", "Leaves to generate for", registry=r)
-        self.leaves_done = Gauge("labtune_generator_leaves_done", "Leaves finished", registry=r)
+        self.leaves_total = Gauge(names.GENERATE_LEAVES_TOTAL, "Leaves to generate for", registry=r)
+        self.leaves_done = Gauge(names.GENERATE_LEAVES_DONE, "Leaves finished", registry=r)
         self.samples_in = Counter(
             "labtune_generator_stage_input_samples",
             "Samples entering a pipeline stage",
@@ -28,10 +30,10 @@ class GeneratorMetrics:
             registry=r,
         )
         self.samples_generated = Counter(
-            "labtune_generator_samples_generated", "Samples the pipelines produced", registry=r
+            names.GENERATE_SAMPLES_GENERATED, "Samples the pipelines produced", registry=r
         )
         self.samples_kept = Counter(
-            "labtune_generator_samples_kept", "Samples that passed every filter", registry=r
+            names.GENERATE_SAMPLES_KEPT, "Samples that passed every filter", registry=r
         )
         self.requests = Counter(
             "labtune_generator_teacher_requests", "Teacher requests by outcome", ["outcome"], registry=r

@@ -15,7 +15,7 @@ TRAIN_ETA_SECONDS = "labtune_train_eta_seconds"
 TRAIN_PHASE = "labtune_train_phase"  # label phase="<name>"; 1 for the phase training now
 
 # Generator.
-GENERATE_LEAVES_DONE = "labtune_generate_leaves_done"  # gauge
-GENERATE_LEAVES_TOTAL = "labtune_generate_leaves_total"  # gauge
-GENERATE_SAMPLES_GENERATED = "labtune_generate_samples_generated"  # counter (served with _total)
-GENERATE_SAMPLES_KEPT = "labtune_generate_samples_kept"  # counter (served with _total)
+GENERATE_LEAVES_DONE = "labtune_generator_leaves_done"  # gauge
+GENERATE_LEAVES_TOTAL = "labtune_generator_leaves_total"  # gauge
+GENERATE_SAMPLES_GENERATED = "labtune_generator_samples_generated"  # counter (served with _total)
+GENERATE_SAMPLES_KEPT = "labtune_generator_samples_kept"  # counter (served with _total)

@@ -57,7 +57,7 @@ def test_served_names_are_known() -> None:
     operator = operator_series()
     assert {"labtune_reconciliations_total", "labtune_reconcile_duration_seconds_bucket"} <= operator
     assert "labtune_resources" in operator
-    assert {"labtune_train_step", "labtune_generate_samples_kept_total"} <= job_pod_series()
+    assert {"labtune_train_step", "labtune_generator_samples_kept_total"} <= job_pod_series()
 
 
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
