@@ -242,3 +242,19 @@ class Cluster:
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def tuning_job(name: str, **spec: Any) -> dict[str, Any]:
+    """A TuningJob on dataset URIs (so it starts at once) with no GPUs; `spec` keys override."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TuningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": "pvc://models/smollm2"},
+            "data": {"knowledge": "pvc://data/k.jsonl", "skills": "pvc://data/s.jsonl"},
+            "resources": {"gpusPerNode": 0},
+        },
+    }
+    body["spec"].update(spec)
+    return body

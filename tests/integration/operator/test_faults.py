@@ -8,11 +8,10 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from kubernetes import client
-from kubetest import Cluster, Kubelet, OperatorRunner, eventually
+from kubetest import Cluster, Kubelet, OperatorRunner, eventually, tuning_job
 
 from labtune.api import GROUP, VERSION
 
@@ -27,21 +26,6 @@ SUMMARY = {
     "tokens": 1000,
     "checkpoints": [],
 }
-
-
-def tuning_job(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TuningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "baseModel": {"uri": "pvc://models/smollm2"},
-            "data": {"knowledge": "pvc://data/k.jsonl", "skills": "pvc://data/s.jsonl"},
-            "resources": {"gpusPerNode": 0},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 def jobs_named(cluster: Cluster, prefix: str) -> list[str]:

@@ -11,28 +11,13 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubetest import GPU_PRODUCT, Cluster, Kubelet, OperatorProcess, condition, eventually
+from kubetest import GPU_PRODUCT, Cluster, Kubelet, OperatorProcess, condition, eventually, tuning_job
 
 from labtune.api import GROUP, VERSION
 from labtune.contract import EXIT_CONFIG_ERROR
 from labtune.contract.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("operator_process")
-
-
-def tuning_job(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TuningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "baseModel": {"uri": "pvc://models/smollm2"},
-            "data": {"knowledge": "pvc://data/k.jsonl", "skills": "pvc://data/s.jsonl"},
-            "resources": {"gpusPerNode": 0},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 def test_trainer_job_carries_gpu_scheduling_and_the_config(cluster: Cluster, gpu_node: str) -> None:
