@@ -28,6 +28,8 @@ MESSAGE_BYTES = 4096
 FALLBACK_BYTES, FALLBACK_LINES = 2048, 80
 DEFAULT_GRACE_S = 30
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The source tree labtune runs from (an editable install imports from it)."""
 
 
 def now() -> str:
@@ -49,6 +51,18 @@ class NodeContext:
     @property
     def host_ip(self) -> str:
         return self.bridge.gateway
+
+
+def environment_mounts(mounts: list[Mount]) -> list[Mount]:
+    """The project's environment (its source tree, for the editable install, the venv and the base
+    Python) mounted back read-only where a volume would hide it: a clone under /tmp would otherwise
+    vanish under the pod's own /tmp."""
+    paths = {PROJECT_ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    return [
+        Mount(source=str(path), target=str(path), read_only=True)
+        for path in sorted(paths)
+        if any(path.is_relative_to(mount.target) for mount in mounts)
+    ]
 
 
 @dataclass
@@ -362,6 +376,7 @@ class PodRunner:
         ]
         if self.context.ca_bundle is not None:
             mounts.append(Mount(source=str(self.context.ca_bundle), target=SYSTEM_CA_BUNDLE, read_only=True))
+        mounts += environment_mounts(mounts)
         dev = container.folder / "dev"
         dev.mkdir(exist_ok=True)
         security = spec.get("securityContext") or {}

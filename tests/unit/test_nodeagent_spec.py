@@ -4,9 +4,12 @@ ConfigMap/Secret keys as files."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
+from labtune.devcluster.nodeagent_exec import Mount
+from labtune.devcluster.nodeagent_pod import PROJECT_ROOT, environment_mounts
 from labtune.devcluster.nodeagent_spec import VolumeError, _field, _object_files, expand
 
 POD = {
@@ -47,3 +50,12 @@ def test_object_files_decode_secrets_and_apply_items() -> None:
     assert _object_files(config_map, [{"key": "b", "path": "dir/b.txt"}]) == {"dir/b.txt": b"y"}
     with pytest.raises(VolumeError, match="has no key z"):
         _object_files(config_map, [{"key": "z", "path": "z"}])
+
+
+def test_the_environment_is_mounted_back_where_a_volume_would_hide_it(tmp_path: Path) -> None:
+    hidden = [Mount(source=str(tmp_path), target=str(PROJECT_ROOT.parent))]
+    assert Mount(source=str(PROJECT_ROOT), target=str(PROJECT_ROOT), read_only=True) in (
+        environment_mounts(hidden)
+    )
+    elsewhere = [Mount(source=str(tmp_path), target="/nonexistent-volume")]
+    assert environment_mounts(elsewhere) == []
