@@ -6,11 +6,12 @@
 - samples/minute of `labtune generate` on the demo taxonomy (tests/unit/generator/data) with
   the transformers backend, SmolLM2-135M-Instruct and the `small-teacher` pipeline.
 
-Greedy decoding, so both sides produce the same tokens; rounds alternate raw and pipeline and
-the best round of each counts (the machine is shared).
+Greedy decoding, so both sides produce the same tokens. After a warm-up of each side, rounds
+run raw and pipeline back to back in alternating order; the median of the per-round ratios counts
+(the machine is shared, and its speed drifts by 15% between minutes).
 
     python benchmarks/generator_throughput.py [--backend all|transformers|llama-cpp] [--prompts 32]
-        [--max-tokens 64] [--batch-size 8] [--concurrency 4] [--rounds 2] [--skip-demo]
+        [--max-tokens 64] [--batch-size 8] [--concurrency 4] [--rounds 5] [--skip-demo]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import statistics
 import sys
 import tempfile
 import time
@@ -165,15 +167,30 @@ def timed(run: Callable[[], int]) -> float:
 
 
 def compare(name: str, raw: Callable[[], int], pipeline: Callable[[], int], rounds: int) -> dict[str, Any]:
+    """One untimed warm-up of each side, then `rounds` back-to-back pairs whose order alternates;
+    the median of the per-pair ratios counts (a pair sees the same machine load, a median drops
+    the odd disturbed pair)."""
+    raw(), pipeline()
     raws, pipes = [], []
-    for _ in range(rounds):
-        raws.append(timed(raw))
-        pipes.append(timed(pipeline))
-    result = {"backend": name, "raw_tokens_per_s": max(raws), "pipeline_tokens_per_s": max(pipes)}
-    result["ratio"] = result["pipeline_tokens_per_s"] / result["raw_tokens_per_s"]
+    for index in range(rounds):
+        if index % 2:
+            pipes.append(timed(pipeline))
+            raws.append(timed(raw))
+        else:
+            raws.append(timed(raw))
+            pipes.append(timed(pipeline))
+    result = {
+        "backend": name,
+        "raw_tokens_per_s": statistics.median(raws),
+        "pipeline_tokens_per_s": statistics.median(pipes),
+        "ratio": statistics.median(p / r for p, r in zip(pipes, raws, strict=True)),
+    }
     raw_rate, pipeline_rate = result["raw_tokens_per_s"], result["pipeline_tokens_per_s"]
-    ratio = result["ratio"]
-    print(f"{name:>12}: raw {raw_rate:7.1f} tok/s   pipeline {pipeline_rate:7.1f} tok/s   ratio {ratio:.2f}")
+    pairs = " ".join(f"{p / r:.2f}" for p, r in zip(pipes, raws, strict=True))
+    print(
+        f"{name:>12}: raw {raw_rate:7.1f} tok/s   pipeline {pipeline_rate:7.1f} tok/s   "
+        f"ratio {result['ratio']:.2f} (median of pairs: {pairs})"
+    )
     return result
 
 
@@ -223,7 +240,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples-per-seed", type=int, default=2)
     parser.add_argument("--skip-demo", action="store_true")
     args = parser.parse_args()

@@ -3,11 +3,14 @@ behind llama.cpp's OpenAI-compatible server; InstructLab's training library read
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,7 @@ import yaml
 from labtune.contract.generate import GenerateConfig, GenerateSummary
 from labtune.generator.records import Record
 from labtune.generator.run import generate
+from labtune.generator.teacher import Completion, CompletionRequest
 
 if TYPE_CHECKING:
     from conftest import Testkit
@@ -51,6 +55,28 @@ def transformers_run(
         teacher={"backend": "transformers", "model": str(smollm2)},
     )
     return config, generate(config, teacher=transformers_teacher)
+
+
+def test_transformers_teacher_generates_on_one_long_lived_thread(
+    transformers_teacher: TransformersTeacher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every `complete` runs `generate` on the teacher's own thread, across event loops: a fresh
+    thread per call pays torch's per-thread warm-up again (the transformers benchmark's gap)."""
+    threads: list[threading.Thread] = []
+    real_generate = transformers_teacher.generate
+
+    def recording(requests: Sequence[CompletionRequest]) -> list[Completion]:
+        threads.append(threading.current_thread())
+        return real_generate(requests)
+
+    monkeypatch.setattr(transformers_teacher, "generate", recording)
+    request = CompletionRequest(prompt="Say hi.", system=None, max_tokens=2, temperature=0.0, seed=1)
+    for _ in range(3):
+        [reply] = asyncio.run(transformers_teacher.complete([request]))
+        assert reply.completion_tokens > 0
+    assert len(threads) == 3
+    assert all(thread is threads[0] for thread in threads)
+    assert threads[0] is not threading.current_thread()  # off the event loop's thread
 
 
 def _records(uri: str) -> list[Record]:
