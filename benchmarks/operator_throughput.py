@@ -4,18 +4,22 @@ On a fresh local control plane (labtune.devcluster: etcd and kube-apiserver, no 
 so no phase is slowed by the Job controller making pods), in one run, each phase in its own
 namespace and at the same client concurrency C:
 
-1. baseline: create N Jobs directly with the kubernetes client;
-2. references: create N TuningJobs alone (nothing watches them); then make, per item, the writes
-   the operator makes for a TuningJob (the TuningJob, its ConfigMap, its Job, the status naming the
-   Job) directly with the client — the floor for any operator that makes those writes;
+1. baseline: create N Jobs directly with the kubernetes client — the Job the operator would make
+   for each TuningJob (built by the operator's own builders, without the owner reference): what a
+   user without the operator submits for the same training;
+2. references: N minimal Jobs (one container, `true`); N TuningJobs alone (nothing watches them);
+   then, per item, the writes the operator makes for a TuningJob (the TuningJob, its ConfigMap, its
+   Job, the status naming the Job) made directly with the client — the floor for any operator that
+   makes those writes;
 3. operator: create N TuningJobs (dataset URIs, so they start at once) and time until every
    TuningJob's status names its Job (watched, not polled), then check that exactly N Jobs exist;
 4. crash: create N more TuningJobs, SIGKILL the operator once half of them name their Job, start it
    again, wait until every TuningJob names its Job, and count duplicate children.
 
 The operator watches only the namespaces of phases 3 and 4. Prints the ratios to the baseline, the
-operator's peak RSS (per process) and CPU seconds in phase 3, the duplicate count and the load
-average. Targets: ratio <= 1.3, RSS <= 200 MB, 0 duplicates.
+CPU seconds the API server and etcd spent in each phase (on a small machine they, not the client or
+the operator, set the pace), the operator's peak RSS (per process) and CPU seconds in phase 3, the
+duplicate count and the load average. Targets: ratio <= 1.3, RSS <= 200 MB, 0 duplicates.
 
     python benchmarks/operator_throughput.py [--count 1000] [--concurrency 16]
 """
@@ -33,15 +37,21 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client, config, watch
 
-from labtune.api import GROUP, VERSION
+from labtune.api import GROUP, VERSION, TuningJob
+from labtune.contract.train import Datasets
 from labtune.devcluster.controlplane import ControlPlane
+from labtune.operator.naming import default_output
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.tuning_job import build_train_config, build_trainer_children
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +61,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes so far (from /proc)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tuning_job(name: str) -> dict[str, Any]:
@@ -64,6 +83,21 @@ def tuning_job(name: str) -> dict[str, Any]:
             "resources": {"gpusPerNode": 1},
         },
     }
+
+
+def operator_children(name: str, ns: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ConfigMap and Job the operator makes for tuning_job(name), without the owner reference:
+    what a user would create directly for the same training."""
+    body = {**tuning_job(name), "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}"}}
+    resource, settings = TuningJob.model_validate(body), OperatorSettings()
+    data = resource.spec.data
+    datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
+    config = build_train_config(resource, datasets, default_output(body, settings.artifact_claim), settings)
+    config_map, job = (
+        {**child, "metadata": {k: v for k, v in child["metadata"].items() if k != "ownerReferences"}}
+        for child in build_trainer_children(body, resource, config, settings)
+    )
+    return config_map, job
 
 
 def plain_job(name: str) -> dict[str, Any]:
@@ -110,13 +144,13 @@ class Operator:
         while process.poll() is None:
             try:
                 status = Path(f"/proc/{process.pid}/status").read_text()
-                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu = cpu_seconds([process.pid])
             except OSError:
                 return  # exited between the check and the read
             if "VmHWM:" not in status:
                 return  # a zombie: killed, not yet reaped
             self.peak_rss_kb[-1] = max(self.peak_rss_kb[-1], int(status.split("VmHWM:")[1].split()[0]))
-            self.cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            self.cpu_s = cpu
             time.sleep(0.1)
 
     def kill(self) -> None:
@@ -167,9 +201,9 @@ def same_writes(api: client.ApiClient, ns: str, name: str) -> None:
     itself, its ConfigMap, its Job, and the status that names the Job."""
     custom, core, batch = client.CustomObjectsApi(api), client.CoreV1Api(api), client.BatchV1Api(api)
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tuningjobs", tuning_job(name))
-    config_map = {"metadata": {"name": f"{name}-train"}, "data": {"config.yaml": "x: 1\n"}}
+    config_map, job = operator_children(name, ns)
     core.create_namespaced_config_map(ns, config_map, _preload_content=False)
-    batch.create_namespaced_job(ns, plain_job(f"{name}-train"), _preload_content=False)
+    batch.create_namespaced_job(ns, job, _preload_content=False)
     status = {"status": {"jobName": f"{name}-train", "state": "Pending"}}
     custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, ns, "tuningjobs", name, status, _preload_content=False
@@ -182,6 +216,32 @@ def children(api: client.ApiClient, ns: str) -> tuple[int, int]:
     jobs = json.loads(found.data)["items"]
     owners = Counter(j["metadata"]["labels"].get("labtune.io/tuningjob", "") for j in jobs)
     return len(jobs), len(owners)
+
+
+class Phases:
+    """Wall seconds and the CPU seconds of the API server and etcd, and of this client, per phase."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.server_pids = server_pids
+        self.wall: dict[str, float] = {}
+        self.server_cpu: dict[str, float] = {}
+        self.client_cpu: dict[str, float] = {}
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        wall, server, client_cpu = time.perf_counter(), cpu_seconds(self.server_pids), time.process_time()
+        yield
+        self.wall[name] = time.perf_counter() - wall
+        self.server_cpu[name] = cpu_seconds(self.server_pids) - server
+        self.client_cpu[name] = time.process_time() - client_cpu
+
+    def line(self, name: str, what: str, baseline: str = "baseline") -> str:
+        wall = self.wall[name]
+        return (
+            f"{what}: {wall:.1f}s, ratio {wall / self.wall[baseline]:.2f}; "
+            f"API server + etcd CPU {self.server_cpu[name]:.1f}s, "
+            f"this client's CPU {self.client_cpu[name]:.1f}s"
+        )
 
 
 def main() -> None:
@@ -200,6 +260,18 @@ def main() -> None:
         for path in sorted((ROOT / "crds").glob("*.yaml")):
             ext.create_custom_resource_definition(yaml.safe_load(path.read_text()))
         time.sleep(2)  # CRDs established
+        phases = Phases(list(plane.pids.values()))
+
+        def create_jobs(ns: str, bodies: list[dict[str, Any]]) -> None:
+            create_all(bodies, lambda b: batch.create_namespaced_job(ns, b, _preload_content=False), c)
+
+        def create_tuning_jobs(ns: str) -> None:
+            create_all(
+                [tuning_job(f"tj-{i}") for i in range(n)],
+                lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tuningjobs", b),
+                c,
+            )
+
         # The operator watches only its two namespaces: the reference phases' TuningJobs are not its.
         namespaces = ("bench-operator", "bench-crash")
         operator = Operator(plane.kubeconfig, plane.directory / "operator.log", namespaces)
@@ -208,53 +280,34 @@ def main() -> None:
             # No kube-controller-manager runs: neither phase is slowed by the Job controller making
             # pods, and the operator, which watches only labtune's Jobs, idles during the baseline.
             ns_base = namespace(core, "bench-baseline")
-            started = time.perf_counter()
-            create_all(
-                [plain_job(f"job-{i}") for i in range(n)],
-                lambda b: batch.create_namespaced_job(ns_base, b, _preload_content=False),
-                c,
-            )
-            baseline_s = time.perf_counter() - started
+            bodies = [operator_children(f"tj-{i}", ns_base)[1] for i in range(n)]
+            with phases.measure("baseline"):
+                create_jobs(ns_base, bodies)
+
+            ns_minimal = namespace(core, "bench-minimal-jobs")
+            with phases.measure("minimal"):
+                create_jobs(ns_minimal, [plain_job(f"job-{i}") for i in range(n)])
 
             ns_alone = namespace(core, "bench-tuningjobs-alone")
-            started = time.perf_counter()
-            create_all(
-                [tuning_job(f"tj-{i}") for i in range(n)],
-                lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, ns_alone, "tuningjobs", b),
-                c,
-            )
-            alone_s = time.perf_counter() - started
+            with phases.measure("alone"):
+                create_tuning_jobs(ns_alone)
 
             ns_same = namespace(core, "bench-same-writes")
-            started = time.perf_counter()
-            create_all([f"tj-{i}" for i in range(n)], lambda name: same_writes(api, ns_same, name), c)
-            same_writes_s = time.perf_counter() - started
+            with phases.measure("same"):
+                create_all([f"tj-{i}" for i in range(n)], lambda name: same_writes(api, ns_same, name), c)
 
             ns = namespace(core, namespaces[0])
             cpu_before = operator.cpu_s
-            started = time.perf_counter()
-            create_all(
-                [tuning_job(f"tj-{i}") for i in range(n)],
-                lambda b: custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tuningjobs", b),
-                c,
-            )
-            wait_named(api, ns, n)
-            operator_s = time.perf_counter() - started
+            with phases.measure("operator"):
+                create_tuning_jobs(ns)
+                wait_named(api, ns, n)
             operator_cpu_s = operator.cpu_s - cpu_before
             jobs, owners = children(api, ns)
             assert (jobs, owners) == (n, n), f"{jobs} Jobs for {owners} of {n} TuningJobs"
 
             ns_crash = namespace(core, namespaces[1])
-            bodies = [tuning_job(f"tj-{i}") for i in range(n)]
             with ThreadPoolExecutor(1) as creator:
-                creating = creator.submit(
-                    create_all,
-                    bodies,
-                    lambda b: custom.create_namespaced_custom_object(
-                        GROUP, VERSION, ns_crash, "tuningjobs", b
-                    ),
-                    c,
-                )
+                creating = creator.submit(create_tuning_jobs, ns_crash)
                 wait_named(api, ns_crash, n // 2)
                 operator.kill()
                 creating.result()
@@ -265,17 +318,15 @@ def main() -> None:
         finally:
             operator.stop()
 
+    operator_s, baseline_s = phases.wall["operator"], phases.wall["baseline"]
     print(f"TuningJobs: {n}, concurrency: {c}")
-    print(
-        f"operator: {operator_s:.1f}s until every Job exists and its status says so ({n / operator_s:.0f}/s)"
-    )
-    print(f"baseline: {baseline_s:.1f}s to create the Jobs directly ({n / baseline_s:.0f}/s)")
+    print(phases.line("operator", "operator: until every Job exists and its status says so"))
+    print(phases.line("baseline", "baseline: the same Jobs created directly"))
     print(f"ratio operator/baseline: {operator_s / baseline_s:.2f} (target <= 1.3)")
-    print(f"the TuningJobs alone, created by a client: {alone_s:.1f}s, ratio {alone_s / baseline_s:.2f}")
-    print(
-        f"the operator's writes (TuningJob, ConfigMap, Job, status) made by a client: {same_writes_s:.1f}s, "
-        f"ratio {same_writes_s / baseline_s:.2f}; operator / those writes: {operator_s / same_writes_s:.2f}"
-    )
+    print(phases.line("minimal", "minimal Jobs (one container) created directly"))
+    print(phases.line("alone", "the TuningJobs alone, created by a client"))
+    print(phases.line("same", "the operator's writes (TuningJob, ConfigMap, Job, status) made by a client"))
+    print(f"operator / those writes: {operator_s / phases.wall['same']:.2f}")
     first, restarted = (kb / 1024 for kb in operator.peak_rss_kb)
     print(
         f"operator peak RSS: {max(first, restarted):.0f} MB (target <= 200): "
