@@ -42,8 +42,19 @@ def _pdf_text(path: Path, name: str) -> str:
     try:
         text: str = DocumentConverter().convert(path).document.export_to_markdown()
     except Exception as error:  # docling raises many types; any failure is this file's problem
-        raise DocumentError(f"{name}: docling cannot convert it: {error}") from None
+        reason = " ".join(str(error).split())  # one line: it ends up in the termination message
+        raise DocumentError(f"{name}: docling cannot convert it: {reason}{_models_hint(error)}") from None
     return text
+
+
+def _models_hint(error: Exception) -> str:
+    """What to do when docling could not fetch its layout models (an offline or air-gapped pod)."""
+    if not type(error).__module__.startswith("huggingface_hub"):
+        return ""
+    return (
+        " (docling's models are missing: run `docling-tools models download -o DIR` where the hub is"
+        " reachable, put DIR in the image or on the artifact volume, and set DOCLING_ARTIFACTS_PATH=DIR)"
+    )
 
 
 def read(path: Path, name: str) -> str:

@@ -43,11 +43,16 @@ def _base_env(home: Path) -> dict[str, str]:
 def _credential_env(checkout: GitCheckout, scratch: Path) -> dict[str, str]:
     """Environment that hands git the mounted credentials without putting them on a command line."""
     env: dict[str, str] = {}
+    creds = Path(checkout.credentials_dir) if checkout.credentials_dir else None
+    # A CA in the mounted Secret (`ca.crt`, as Flux's GitRepository Secrets carry it) serves when
+    # the config names none: the operator mounts the Secret without reading it.
+    secret_ca = creds / "ca.crt" if creds else None
     if checkout.ca_file:
         env["GIT_SSL_CAINFO"] = checkout.ca_file
-    if not checkout.credentials_dir:
+    elif secret_ca and secret_ca.is_file():
+        env["GIT_SSL_CAINFO"] = str(secret_ca)
+    if creds is None:
         return env
-    creds = Path(checkout.credentials_dir)
     if (creds / "password").is_file():
         askpass = scratch / "askpass"
         askpass.write_text(

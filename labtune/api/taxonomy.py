@@ -78,7 +78,8 @@ class GitSource(ApiModel):
     secret_ref: LocalObjectReference | None = None
     """Secret with credentials, mounted into the sync pod only (the operator never reads it):
     `kubernetes.io/basic-auth` (username, password/token) for https, or `kubernetes.io/ssh-auth`
-    (ssh-privatekey, optional known_hosts) for ssh."""
+    (ssh-privatekey, optional known_hosts) for ssh; a `ca.crt` key (PEM) is the CA of a private
+    https server."""
 
 
 class TaxonomySource(ApiModel):

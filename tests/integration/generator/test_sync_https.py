@@ -83,6 +83,14 @@ def test_sync_over_https(
     assert run.stderr.strip().splitlines()[-1].startswith("error: cannot fetch branch feature from https://")
     assert "Authentication failed" in run.stderr
 
-    run, _ = _sync(tmp_path, {**checkout, "caFile": None, "credentialsDir": str(credentials)})
+    (credentials / "password").write_text(git_server.password)
+    run, _ = _sync(tmp_path, {**checkout, "caFile": None})
     assert run.returncode == EXIT_FAILED
     assert "certificate" in run.stderr.lower()
+
+    # The CA may also come in the git Secret as `ca.crt` (Flux's convention): the Taxonomy's Secret
+    # is mounted as credentialsDir, and the operator never reads it to find out.
+    (credentials / "ca.crt").write_bytes(git_server.ca.read_bytes())
+    run, log = _sync(tmp_path, {**checkout, "caFile": None})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(log.read_text())["commit"] == feature
