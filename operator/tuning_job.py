@@ -167,7 +167,9 @@ class TuningJobKind:
             raise ValueError("the summary names no adapter and no model")
         status: dict[str, Any] = {
             "output": parsed.output.to_wire(),
-            "metrics": parsed.metrics.to_wire(),
+            # The summary's metrics replace what was scraped while running: the merge patch's nulls
+            # remove a value the summary does not have (a run too short to log a loss has none).
+            "metrics": parsed.metrics.model_dump(mode="json", by_alias=True),
             "checkpoints": [c.to_wire() for c in parsed.checkpoints],
             "progress": {"percent": 100, "step": parsed.steps, "totalSteps": parsed.steps},
         }

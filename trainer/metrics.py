@@ -33,6 +33,20 @@ class RunProgress:
         return sum(self.phase_steps[name] for name in names_before)
 
 
+class ObservedGauge:
+    """A gauge registered (served) from its first value on."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._gauge = Gauge(name, documentation, registry=None)
+        self._registry: CollectorRegistry | None = registry
+
+    def set(self, value: float) -> None:
+        self._gauge.set(value)
+        if self._registry is not None:
+            self._registry.register(self._gauge)
+            self._registry = None
+
+
 class TrainerMetrics:
     """The gauges, in a registry of their own, served on `port` (0: not served)."""
 
@@ -43,15 +57,20 @@ class TrainerMetrics:
         self.step = gauge(names.TRAIN_STEP, "Optimizer steps done over all phases")
         self.total_steps = gauge(names.TRAIN_TOTAL_STEPS, "Optimizer steps over all phases")
         self.epoch = gauge(names.TRAIN_EPOCH, "Fractional epoch within the current phase")
-        self.loss = gauge(names.TRAIN_LOSS, "Training loss at the last logging step")
-        self.eval_loss = gauge(names.TRAIN_EVAL_LOSS, "Held-out loss at the last evaluation")
-        self.learning_rate = gauge(names.TRAIN_LEARNING_RATE, "Current learning rate")
-        self.tokens_per_second = gauge(
+        # Measurements exist only from the first logging step on: until then they are not served
+        # at all, rather than as a 0 that reads (in status, on dashboards) as a loss of 0.
+        observed = self._observed
+        self.loss = observed(names.TRAIN_LOSS, "Training loss at the last logging step")
+        self.eval_loss = observed(names.TRAIN_EVAL_LOSS, "Held-out loss at the last evaluation")
+        self.learning_rate = observed(names.TRAIN_LEARNING_RATE, "Current learning rate")
+        self.tokens_per_second = observed(
             names.TRAIN_TOKENS_PER_SECOND, "Input tokens per second, all processes"
         )
-        self.eta_seconds = gauge(names.TRAIN_ETA_SECONDS, "Estimated seconds until all phases are done")
+        self.eta_seconds = observed(names.TRAIN_ETA_SECONDS, "Estimated seconds until all phases are done")
         self.progress = gauge("labtune_train_progress_ratio", "Steps done over all steps, 0 to 1")
-        self.gpu_memory = gauge("labtune_train_gpu_memory_bytes", "Peak GPU memory allocated by this process")
+        self.gpu_memory = observed(
+            "labtune_train_gpu_memory_bytes", "Peak GPU memory allocated by this process"
+        )
         self.phase = Gauge(
             names.TRAIN_PHASE, "1 for the phase training now", ["phase"], registry=self.registry
         )
@@ -61,6 +80,9 @@ class TrainerMetrics:
 
     def _gauge(self, name: str, documentation: str) -> Gauge:
         return Gauge(name, documentation, registry=self.registry)
+
+    def _observed(self, name: str, documentation: str) -> ObservedGauge:
+        return ObservedGauge(name, documentation, self.registry)
 
     def close(self) -> None:
         if self._server is not None:

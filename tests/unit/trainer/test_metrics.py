@@ -16,10 +16,25 @@ def _free_port() -> int:
         return port
 
 
+def _served(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in body.splitlines()
+        if not line.startswith("#")
+    }
+
+
 def test_progress_over_all_phases_is_served_on_the_metrics_port(tmp_path: object) -> None:
     port = _free_port()
     metrics = TrainerMetrics(port)
     try:
+        # Before the first logging step there is no loss: nothing is served, not a 0.
+        unlogged = _served(port)
+        assert unlogged[names.TRAIN_STEP] == 0
+        for name in (names.TRAIN_LOSS, names.TRAIN_EVAL_LOSS, names.TRAIN_LEARNING_RATE):
+            assert name not in unlogged
+        assert names.TRAIN_TOKENS_PER_SECOND not in unlogged
         progress = RunProgress({"knowledge": 10, "skills": 30})
         callback = ProgressCallback("skills", progress, metrics)
         args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
@@ -29,14 +44,11 @@ def test_progress_over_all_phases_is_served_on_the_metrics_port(tmp_path: object
         callback.on_step_end(args, state, TrainerControl())
         callback.on_log(args, state, TrainerControl(), logs={"loss": 1.5, "learning_rate": 1e-4})
         callback.on_log(args, state, TrainerControl(), logs={"eval_loss": 1.25})
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        state.num_input_tokens_seen = 2000  # a second logging step: the gauges are set again
+        callback.on_log(args, state, TrainerControl(), logs={"loss": 1.5, "learning_rate": 1e-4})
+        served = _served(port)
     finally:
         metrics.close()
-    served = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in body.splitlines()
-        if not line.startswith("#")
-    }
     assert served[names.TRAIN_STEP] == 15
     assert served[names.TRAIN_TOTAL_STEPS] == 30
     assert served[names.TRAIN_EPOCH] == 0.25
