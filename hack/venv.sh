@@ -34,9 +34,33 @@ if [[ ! -x "$venv/bin/python" ]]; then
   echo "venv: creating $venv" >&2
   "$uv" venv --quiet --python "$python" "$venv"
 fi
+# llama-cpp-python (dev extra) is published as source only: its wheel is built once into the cache,
+# where every later venv finds it (uv's own build cache was rebuilt for each new venv here).
+wheels="$cache/wheels"
+mkdir -p "$wheels"
+llama=$(grep -o '"llama-cpp-python[^"]*"' "$root/pyproject.toml" | tr -d '"' || true)
+if [[ ! -f "$stamp" && -n "$llama" && ",$extras," == *",dev,"* ]] \
+  && ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
+  echo "venv: building the $llama wheel once into $wheels (several minutes)" >&2
+  "$uv" tool run --quiet --from pip pip wheel --quiet --no-deps --wheel-dir "$wheels" "$llama" >&2
+fi
 if [[ ! -f "$stamp" ]]; then
   echo "venv: installing labtune[$extras] (editable) into $venv" >&2
-  VIRTUAL_ENV="$venv" "$uv" pip install --quiet --python "$venv/bin/python" -e "$root[$extras]"
-  echo "$root" >"$stamp"
+  VIRTUAL_ENV="$venv" "$uv" pip install --quiet --python "$venv/bin/python" --find-links "$wheels" \
+    -e "$root[$extras]"
+  printf '%s\n%s\n' "$root" "$extras" >"$stamp"
+  # Venvs of this clone and extras from an older pyproject.toml are removed, and those of clones
+  # gone for a week (a CI checkout that comes back at the same path reuses its venv meanwhile);
+  # a venv still being installed has no stamp yet and is left alone.
+  for other in "$cache"/venvs/*/; do
+    other=${other%/}
+    [[ "$other" != "$venv" && -f "$other/.labtune-installed-from" ]] || continue
+    { read -r from; read -r from_extras || from_extras=dev; } <"$other/.labtune-installed-from"
+    if [[ ( "$from" == "$root" && "$from_extras" == "$extras" ) \
+      || ( ! -d "$from" && -n "$(find "$other/.labtune-installed-from" -mtime +7)" ) ]]; then
+      echo "venv: removing $other (made for $from [$from_extras])" >&2
+      rm -rf "$other"
+    fi
+  done
 fi
 echo "$venv"
