@@ -49,9 +49,8 @@ from kubernetes import client, config, watch
 from labtune.api import GROUP, VERSION, TuningJob
 from labtune.contract.train import Datasets
 from labtune.devcluster.controlplane import ControlPlane
-from labtune.operator.naming import default_output
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.tuning_job import build_train_config, build_trainer_children
+from labtune.operator.tuning_job import build_trainer_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,13 +88,12 @@ def operator_children(name: str, ns: str) -> tuple[dict[str, Any], dict[str, Any
     """The ConfigMap and Job the operator makes for tuning_job(name), without the owner reference:
     what a user would create directly for the same training."""
     body = {**tuning_job(name), "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}"}}
-    resource, settings = TuningJob.model_validate(body), OperatorSettings()
-    data = resource.spec.data
-    datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
-    config = build_train_config(resource, datasets, default_output(body, settings.artifact_claim), settings)
+    resource = TuningJob.model_validate(body)
+    datasets = Datasets(knowledge=resource.spec.data.knowledge, skills=resource.spec.data.skills)
+    _, children = build_trainer_plan(body, resource, datasets, OperatorSettings())
     config_map, job = (
         {**child, "metadata": {k: v for k, v in child["metadata"].items() if k != "ownerReferences"}}
-        for child in build_trainer_children(body, resource, config, settings)
+        for child in children
     )
     return config_map, job
 
@@ -196,12 +194,13 @@ def wait_named(api: client.ApiClient, ns: str, count: int, limit_s: float = 300)
                 stream.stop()
 
 
-def same_writes(api: client.ApiClient, ns: str, name: str) -> None:
+def same_writes(
+    api: client.ApiClient, ns: str, name: str, config_map: dict[str, Any], job: dict[str, Any]
+) -> None:
     """The writes the operator makes for one TuningJob, made directly by a client: the TuningJob
-    itself, its ConfigMap, its Job, and the status that names the Job."""
+    itself, its ConfigMap, its Job (built beforehand), and the status that names the Job."""
     custom, core, batch = client.CustomObjectsApi(api), client.CoreV1Api(api), client.BatchV1Api(api)
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tuningjobs", tuning_job(name))
-    config_map, job = operator_children(name, ns)
     core.create_namespaced_config_map(ns, config_map, _preload_content=False)
     batch.create_namespaced_job(ns, job, _preload_content=False)
     status = {"status": {"jobName": f"{name}-train", "state": "Pending"}}
@@ -293,8 +292,9 @@ def main() -> None:
                 create_tuning_jobs(ns_alone)
 
             ns_same = namespace(core, "bench-same-writes")
+            items = [(f"tj-{i}", *operator_children(f"tj-{i}", ns_same)) for i in range(n)]
             with phases.measure("same"):
-                create_all([f"tj-{i}" for i in range(n)], lambda name: same_writes(api, ns_same, name), c)
+                create_all(items, lambda item: same_writes(api, ns_same, *item), c)
 
             ns = namespace(core, namespaces[0])
             cpu_before = operator.cpu_s

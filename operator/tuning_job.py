@@ -102,6 +102,15 @@ def build_trainer_children(
     return tuple(children)
 
 
+def build_trainer_plan(
+    body: Mapping[str, Any], job: TuningJob, datasets: Datasets, settings: OperatorSettings
+) -> tuple[TrainConfig, tuple[dict[str, Any], ...]]:
+    """The trainer config and the children that run it, once the datasets are known."""
+    output = job.spec.output.uri or default_output(body, settings.artifact_claim)
+    config = build_train_config(job, datasets, output, settings)
+    return config, build_trainer_children(body, job, config, settings)
+
+
 def _config_digest(config: TrainConfig) -> str:
     canonical = json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
     return hashlib.sha256(canonical).hexdigest()
@@ -130,10 +139,8 @@ class TuningJobKind:
             )
         else:
             datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
-        output = job.spec.output.uri or default_output(body, settings.artifact_claim)
-        config = build_train_config(job, datasets, output, settings)
+        config, children = build_trainer_plan(body, job, datasets, settings)
         lineage["configSha256"] = _config_digest(config)
-        children = build_trainer_children(body, job, config, settings)
         return Plan(
             job_name=children[-1]["metadata"]["name"],
             children=children,
