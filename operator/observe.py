@@ -80,9 +80,48 @@ def failure_detail(pods: Sequence[Mapping[str, Any]]) -> str:
         terminated = _main_terminated(pod)
         if terminated:
             lines = [line for line in (terminated.get("message") or "").splitlines() if line.strip()]
-            last = lines[-1].strip() if lines else terminated.get("reason", "")
-            return f"exit code {terminated.get('exitCode')}: {last}"[:_MESSAGE_LIMIT]
+            reason = terminated.get("reason", "")
+            last = lines[-1].strip() if lines else reason
+            # kubelet's own reasons (OOMKilled, DeadlineExceeded, ...) say more than the exit code.
+            code = f"exit code {terminated.get('exitCode')}"
+            if reason not in ("", "Error", "Completed") and lines:
+                code += f" ({reason})"
+            return f"{code}: {last}"[:_MESSAGE_LIMIT]
     return ""
+
+
+# Waiting reasons (kubelet's names) of a container that will not start until someone acts: a missing or
+# unpullable image, a missing Secret/ConfigMap key, a runtime error, a container restarting in a loop.
+_STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
+def start_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """Why a pod of a starting Job does not run (reason, one line naming pod and container), from the
+    container statuses kubelet reports or the scheduler's Unschedulable; None while it is just starting."""
+    for pod in pods:
+        name, status = pod["metadata"]["name"], pod.get("status") or {}
+        containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+        for container in containers:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_REASONS:
+                detail = waiting.get("message") or waiting["reason"]
+                line = f"pod {name}: container {container.get('name')}: {waiting['reason']}: {detail}"
+                return waiting["reason"], line[:_MESSAGE_LIMIT]
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return "Unschedulable", f"pod {name}: {condition.get('message', '')}"[:_MESSAGE_LIMIT]
+    return None
 
 
 def running_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

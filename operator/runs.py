@@ -18,7 +18,7 @@ from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
 from labtune.operator.kube import Kube
 from labtune.operator.naming import selector
-from labtune.operator.observe import JobView, failure_detail, termination_message
+from labtune.operator.observe import JobView, failure_detail, start_problem, termination_message
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.store import Store
 
@@ -88,6 +88,8 @@ def _job_outcome(view: JobView, pods: list[dict[str, Any]], want_suspend: bool) 
             "Running", "JobRunning", f"Job {view.name}: {view.ready} of {view.active} pod(s) running"
         )
     if view.active:
+        if problem := start_problem(pods):
+            return RunOutcome("Pending", *problem)
         return RunOutcome("Pending", "PodsStarting", f"Job {view.name}: {view.active} pod(s) starting")
     return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
 
@@ -146,18 +148,26 @@ def reconcile_run(
     if view.suspended != want_suspend and not (view.complete or view.failed):
         kube.set_job_suspend(namespace, view.name, want_suspend)
     status["restarts"] = max(status.get("restarts", old.get("restarts", 0)), view.failed_pods)
-    # Pods matter only for a finished Job (its summary, or why it failed): a running one is
-    # described by the Job's own status, and progress comes from the scrape timer.
+    # Pods matter only for a finished Job (its summary, or why it failed) and for one whose pods do not
+    # run yet (why not: an image that cannot be pulled, a pod that cannot be scheduled, ...): a running
+    # one is described by the Job's own status, and progress comes from the scrape timer.
     finished = view.complete or view.failed
+    starting = bool(view.active) and not view.ready and not finished
     pods = (
         kube.list_pods(namespace, {**selector(body["kind"], name), JOB_NAME_LABEL: view.name})
-        if finished
+        if finished or starting
         else []
     )
+    # Pods the pod failure policy ignored (preempted after a checkpoint, exit 75) count as restarts too,
+    # though the Job's own `failed` leaves them out; their pod objects stay until the Job goes.
+    replaced = sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Failed")
+    status["restarts"] = max(status["restarts"], replaced)
 
     if view.complete:
         try:
+            restarts = status["restarts"]
             status.update(kind.finished_status(termination_message(pods, "Succeeded") or ""))
+            status["restarts"] = max(restarts, status["restarts"])
         except ValueError as error:
             outcome = RunOutcome(
                 "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {error}"

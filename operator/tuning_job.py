@@ -179,6 +179,9 @@ class TuningJobKind:
             "metrics": parsed.metrics.model_dump(mode="json", by_alias=True),
             "checkpoints": [c.to_wire() for c in parsed.checkpoints],
             "progress": {"percent": 100, "step": parsed.steps, "totalSteps": parsed.steps},
+            # Pods the pod failure policy replaced after a checkpoint (exit 75) are not in the Job's
+            # `failed`, and a deleted pod leaves no object: the trainer counts its own starts.
+            "restarts": parsed.restarts,
         }
         return status
 

@@ -75,6 +75,17 @@ class Layout:
         """A scratch path next to the outputs, published with `publish`."""
         return self.root / f"{_TEMPORARY_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
 
+    @property
+    def starts(self) -> Path:
+        """How many times a process started this run (one line per start): restarts = lines - 1."""
+        return self.root / "starts"
+
+    def count_start(self) -> int:
+        """Records one more start of the run; returns how many restarts came before this one."""
+        with self.starts.open("a") as out:
+            out.write("start\n")
+        return len(self.starts.read_text().splitlines()) - 1
+
     def remove_temporaries(self) -> None:
         """Leftovers of a run killed while writing."""
         for path in self.root.glob(f"{_TEMPORARY_PREFIX}*"):

@@ -3,6 +3,7 @@ evaluation every N steps and at the end, resume from the latest complete checkpo
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from labtune.trainer.loss import TrainedTokensTrainer
 from labtune.trainer.masking import TokenizedSample
 from labtune.trainer.preemption import Preempted, PreemptionCallback, StopRequest
 from labtune.trainer.splits import PhaseData
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ def train_phase(
     )
     trainer.remove_callback(PrinterCallback)  # ProgressCallback logs readable lines instead
     tokens_before = _tokens_seen(checkpoints[-1]) if checkpoints else 0
+    if checkpoints:
+        log.info("phase %s resumes from its checkpoint %s", phase.name, checkpoints[-1].name)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.monotonic() - started

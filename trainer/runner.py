@@ -45,8 +45,10 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
     data = _phase_data(config, tokenizer)
     layout.root.mkdir(parents=True, exist_ok=True)
     _check_same_run(config, layout)
+    restarts = 0
     if processes.rank() == 0:
         layout.remove_temporaries()
+        restarts = layout.count_start()
 
     results, runs = _train_phases(config, layout, base, tokenizer, data, stop)
     last = results[-1]
@@ -73,6 +75,7 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
             for phase, result in zip(config.phases, results, strict=True)
         ],
         phases=[r.summary for r in results],
+        restarts=restarts,
     )
     if processes.rank() == 0:
         write_text_atomic(layout.summary, summary.model_dump_json(by_alias=True, exclude_none=True, indent=2))

@@ -113,3 +113,5 @@ class TrainSummary(ContractModel):
     checkpoints: list[CheckpointRecord] = Field(default_factory=list)
     """The best checkpoint per phase (the full list is in the output folder)."""
     phases: list[PhaseSummary] = Field(default_factory=list)
+    restarts: int = 0
+    """How many times the run started again after it was stopped (preemption, a deleted pod)."""

@@ -25,12 +25,12 @@ from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, PreTr
 from labtune.contract import EXIT_PREEMPTED
 from labtune.contract.metrics import TRAIN_STEP, TRAIN_TOTAL_STEPS
 from labtune.contract.train import TrainSummary
-from labtune.devcluster.models import smollm2_gguf
 from labtune.trainer.layout import COMPLETE
 from labtune.trainer.loss import trained_token_loss_sum
 from labtune.trainer.modeling import load_tokenizer
 from labtune.trainer.records import read_samples
 from labtune.trainer.splits import prepare_phase_data, split_samples
+from labtune_dev.models import smollm2_gguf
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +164,7 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes_to_the_uninterrupted_r
     resumed = Run(tmp_path, 0).summary
     reference = json.loads((reference_run.out / "phases" / "knowledge" / "result.json").read_text())
     assert resumed.steps == reference["summary"]["steps"] == 4
+    assert (resumed.restarts, reference_run.summary.restarts) == (1, 0)  # counted for status.restarts
     # Restored optimizer, schedule, RNG and data position: the same result, up to float noise.
     assert resumed.best_eval_loss == pytest.approx(reference["best_eval_loss"], rel=1e-3)
 

@@ -7,7 +7,7 @@ import pytest
 from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
 from labtune.operator.naming import MAX_NAME, child_name
-from labtune.operator.observe import failure_detail, termination_message, view_job
+from labtune.operator.observe import failure_detail, start_problem, termination_message, view_job
 from labtune.operator.scrape import parse
 from labtune.operator.taxonomy import _seconds, sync_job_name
 
@@ -96,6 +96,10 @@ def test_termination_message_and_failure_detail_come_from_the_newest_pod() -> No
     assert failure_detail(pods) == "exit code 78: error: bad config"
     assert termination_message(pods, "Succeeded") == '{"ok": 1}'
     assert termination_message(pods[:2], "Succeeded") is None
+    killed = _pod(
+        "d", "Failed", "2026-01-01T00:03:00Z", {"exitCode": 137, "reason": "OOMKilled", "message": "step 3\n"}
+    )
+    assert failure_detail([killed]) == "exit code 137 (OOMKilled): step 3"
 
 
 def test_job_view() -> None:
@@ -117,3 +121,43 @@ def test_job_view() -> None:
         "BackoffLimitExceeded",
         2,
     )
+
+
+def _waiting(reason: str, message: str = "") -> dict[str, object]:
+    waiting = {"reason": reason, "message": message} if message else {"reason": reason}
+    return {
+        "metadata": {"name": "run-x"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [{"name": "main", "state": {"waiting": waiting}}],
+        },
+    }
+
+
+def test_start_problem_names_what_keeps_a_pod_from_running() -> None:
+    pull = _waiting("ImagePullBackOff", 'Back-off pulling image "ghcr.io/labtune/trainer:9"')
+    assert start_problem([pull]) == (
+        "ImagePullBackOff",
+        'pod run-x: container main: ImagePullBackOff: Back-off pulling image "ghcr.io/labtune/trainer:9"',
+    )
+    assert start_problem([_waiting("CrashLoopBackOff")]) == (
+        "CrashLoopBackOff",
+        "pod run-x: container main: CrashLoopBackOff: CrashLoopBackOff",
+    )
+    unschedulable = {
+        "metadata": {"name": "run-y"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}
+            ],
+        },
+    }  # fmt: skip
+    assert start_problem([unschedulable]) == (
+        "Unschedulable",
+        "pod run-y: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+    )
+    # Only starting: no problem to report.
+    assert start_problem([_waiting("ContainerCreating")]) is None
+    assert start_problem([_pod("z", "Running", "2026-01-01T00:00:00Z", None)]) is None
