@@ -20,7 +20,7 @@ integration:     ## integration tests on the local control plane (or USE_EXISTIN
 crds:            ## regenerate crds/ and the chart's CRDs from the API models
 	hack/test.sh crds
 
-demo:            ## the LAB pipeline end to end: control plane, node agent, git server, teacher, operator, Taxonomy -> SyntheticDataRun -> TuningJob (root)
+demo:            ## the LAB pipeline end to end on a real single-node cluster: images built here, operator via helm, Taxonomy -> SyntheticDataRun -> TuningJob (root)
 	hack/demo.sh up
 
 demo-down:       ## stop everything the demo started

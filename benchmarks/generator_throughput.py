@@ -30,8 +30,6 @@ from typing import Any
 import openai
 
 from labtune.contract.generate import TeacherConfig
-from labtune.devcluster.llama import llama_server
-from labtune.devcluster.models import smollm2_gguf
 from labtune.generator.engine import Engine
 from labtune.generator.metrics import GeneratorMetrics
 from labtune.generator.parsers import TextParser
@@ -40,6 +38,8 @@ from labtune.generator.run import generate
 from labtune.generator.teacher import Teacher
 from labtune.generator.teacher_openai import OpenAITeacher
 from labtune.generator.teacher_transformers import TransformersTeacher
+from labtune_dev.llama import llama_server
+from labtune_dev.models import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = [

@@ -1,6 +1,6 @@
 """Operator throughput against a raw client baseline, and crash safety.
 
-On a fresh local control plane (labtune.devcluster: etcd and kube-apiserver, no controller-manager,
+On a fresh local control plane (labtune_dev: etcd and kube-apiserver, no controller-manager,
 so no phase is slowed by the Job controller making pods), in one run, each phase in its own
 namespace and at the same client concurrency C:
 
@@ -48,9 +48,9 @@ from kubernetes import client, config, watch
 
 from labtune.api import GROUP, VERSION, TuningJob
 from labtune.contract.train import Datasets
-from labtune.devcluster.controlplane import ControlPlane
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job import build_trainer_plan
+from labtune_dev.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
 

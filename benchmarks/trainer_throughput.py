@@ -227,8 +227,8 @@ def main() -> None:
         baseline_worker(args)
         return
 
-    from labtune.devcluster.models import smollm2_gguf
     from labtune.trainer.gguf_cache import hf_folder
+    from labtune_dev.models import smollm2_gguf
 
     model = args.model or hf_folder(smollm2_gguf())
     count = args.steps * args.batch_size

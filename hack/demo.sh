@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The local demo: the LAB pipeline end to end on this machine, with no container runtime.
-#   control plane (etcd, kube-apiserver, controller-manager, scheduler; built once, cached)
-#   + node agent (a Ready Node whose pods run as local processes) + the operator
+# The local demo: the LAB pipeline end to end on a real single-node Kubernetes cluster on this machine.
+#   control plane (etcd, kube-apiserver, controller-manager, scheduler) + a real node (containerd,
+#   runc, CNI, kubelet, kube-proxy, CoreDNS), all built once from their sources and cached
+#   + the project's three images, built here with buildah and loaded into the node
+#   + the operator, installed with `helm install` from charts/labtune
 #   + a demo taxonomy in an https git server + SmolLM2-135M-Instruct as the teacher (llama.cpp)
 #   then Taxonomy -> SyntheticDataRun -> TuningJob from examples/demo/manifests/.
-#   hack/demo.sh up | down          (the node agent needs root: network and mount namespaces)
+#   hack/demo.sh up | down          (root: the node needs network namespaces, mounts and cgroups)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$(hack/venv.sh)
@@ -12,8 +14,8 @@ export PATH="$venv/bin:$PATH"
 
 case "${1:-up}" in
   down)
-    labtune dev demo down
-    labtune dev controlplane down
+    labtune-dev demo down
+    labtune-dev controlplane down
     exit 0
     ;;
   up) ;;
@@ -24,16 +26,14 @@ t0=$SECONDS
 mark() { printf '\033[2m[%3ds] %s\033[0m\n' "$((SECONDS - t0))" "$*"; }
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-labtune dev controlplane up >/dev/null
-eval "$(labtune dev controlplane env)"
-mark "control plane up"
-kubectl apply --server-side -f crds/ >/dev/null
-kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null
-mark "CRDs installed"
-labtune dev demo up --examples examples/demo >/dev/null
-mark "node agent, git server, teacher, artifact claim with the base model, operator: up"
+labtune-dev controlplane up --node >/dev/null
+eval "$(labtune-dev controlplane env)"
+mark "control plane and node up"
+labtune-dev demo up --examples examples/demo >/dev/null
+mark "git server, teacher, artifact claim with the base model, images in the node, operator (helm): up"
 
 step kubectl get nodes -o wide
+step kubectl get pods -n labtune-system -o wide
 step kubectl apply -f examples/demo/manifests/
 # kubectl wait, in short rounds, so that a failed resource stops the demo instead of a timeout.
 await() {  # kind condition timeout
@@ -43,14 +43,14 @@ await() {  # kind condition timeout
     failed=$(kubectl get "$1" demo -o jsonpath='{.status.conditions[?(@.type=="Stalled")].status}{.status.state}')
     if [[ "$failed" == True* || "$failed" == *Failed || $SECONDS -gt $deadline ]]; then
       kubectl get "$1" demo -o jsonpath='{range .status.conditions[*]}{.type}={.status}: {.message}{"\n"}{end}' >&2
-      echo "demo: $1/demo did not reach $2; pods and their logs: kubectl get pods -o wide, $pods" >&2
+      echo "demo: $1/demo did not reach $2; see kubectl get pods -o wide, kubectl logs <pod>," \
+        "kubectl -n labtune-system logs deploy/labtune" >&2
       exit 1
     fi
   done
 }
-state=$(labtune dev demo up --examples examples/demo)
+state=$(labtune-dev demo up --examples examples/demo)
 claim=$(python -c 'import json,sys; print(json.load(sys.stdin)["claim_dir"])' <<<"$state")
-pods=$(python -c 'import json,sys; print(json.load(sys.stdin)["logs"]["pods"])' <<<"$state")
 await taxonomy Ready 300
 mark "Taxonomy synced"
 await syntheticdatarun Succeeded 900
@@ -79,8 +79,8 @@ mark "done"
 cat <<EOT
 
 Everything keeps running. Use it with:
-  $(labtune dev controlplane env)
+  $(labtune-dev controlplane env)
   kubectl get labtune -o wide
-Pod logs: kubectl logs <pod>, or the files under $pods/<namespace>_<pod>_<uid>/containers/<container>/container.log.
+Pod logs: kubectl logs <pod>; the operator's: kubectl -n labtune-system logs deploy/labtune.
 Stop everything with: make demo-down
 EOT

@@ -10,7 +10,7 @@ export PATH="$venv/bin:$PATH" MYPY="$venv/bin/mypy"
 
 lint()      { ruff check . && ruff format --check .; }
 typecheck() { hack/typecheck.sh; }
-binaries()  { export KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS:-$(labtune dev controlplane build)}; labtune dev tools >&2; }
+binaries()  { export KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS:-$(labtune-dev controlplane build)}; labtune-dev tools >&2; }
 
 case "$what" in
   lint) lint ;;

@@ -8,5 +8,6 @@ tree="$root/build/typecheck"
 rm -rf "$tree" && mkdir -p "$tree/labtune"
 for entry in "$root"/labtune/*; do ln -s "$entry" "$tree/labtune/"; done
 for folder in operator generator trainer; do ln -s "$root/$folder" "$tree/labtune/$folder"; done
+ln -s "$root/dev/labtune_dev" "$tree/labtune_dev"
 cd "$tree"
-exec "${MYPY:-mypy}" --config-file "$root/pyproject.toml" -p labtune "$@"
+exec "${MYPY:-mypy}" --config-file "$root/pyproject.toml" -p labtune -p labtune_dev "$@"

@@ -27,7 +27,8 @@ if [[ -z "$uv" ]]; then
 fi
 
 # One venv per clone (its editable install points there), Python and dependency set.
-key=$( { "$python" -V 2>&1; cat "$root/pyproject.toml"; echo "$extras $root"; } | sha256sum | cut -c1-12)
+key=$( { "$python" -V 2>&1; cat "$root/pyproject.toml" "$root/dev/pyproject.toml"; echo "$extras $root"; } \
+  | sha256sum | cut -c1-12)
 venv="$cache/venvs/$key"
 stamp="$venv/.labtune-installed-from"
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -44,10 +45,14 @@ if [[ ! -f "$stamp" && -n "$llama" && ",$extras," == *",dev,"* ]] \
   echo "venv: building the $llama wheel once into $wheels (several minutes)" >&2
   "$uv" tool run --quiet --from pip pip wheel --quiet --no-deps --wheel-dir "$wheels" "$llama" >&2
 fi
+# The dev cluster's own distribution (dev/, `labtune-dev`) comes with the dev extra only: it is never
+# part of the labtune wheel or of an image.
+dev=()
+[[ ",$extras," == *",dev,"* ]] && dev=(-e "$root/dev")
 if [[ ! -f "$stamp" ]]; then
   echo "venv: installing labtune[$extras] (editable) into $venv" >&2
   VIRTUAL_ENV="$venv" "$uv" pip install --quiet --python "$venv/bin/python" --find-links "$wheels" \
-    -e "$root[$extras]"
+    -e "$root[$extras]" "${dev[@]}"
   printf '%s\n%s\n' "$root" "$extras" >"$stamp"
   # Venvs of this clone and extras from an older pyproject.toml are removed, and those of clones
   # gone for a week (a CI checkout that comes back at the same path reuses its venv meanwhile);

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from labtune import __version__
-from labtune.devcluster.cli import dev
 from labtune.operator.cli import operator
 
 CRD_FOLDERS = ("crds", "charts/labtune/crds")
@@ -60,7 +59,6 @@ def crds_check(dirs: tuple[Path, ...]) -> None:
     click.echo(f"CRDs in {', '.join(map(str, dirs))} match the models")
 
 
-main.add_command(dev)
 main.add_command(operator)
 
 from labtune.generator.cli import generate, taxonomy  # noqa: E402  (registered after the core commands)

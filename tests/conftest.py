@@ -1,22 +1,29 @@
 """Shared fixtures: a real Kubernetes API for the integration tests.
 
-By default the session starts a local control plane (labtune.devcluster); with
+By default the session starts a local control plane (labtune_dev); with
 USE_EXISTING_CLUSTER=true (the envtest convention) the tests use the cluster in $KUBECONFIG.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from nodetest import NODE
 
-from labtune.devcluster.binaries import ensure_binaries
-from labtune.devcluster.controlplane import ControlPlane
-from labtune.devcluster.tools import Tools, ensure_tools
+from labtune_dev.binaries import ensure_binaries
+from labtune_dev.controlplane import ControlPlane
+from labtune_dev.images import IMAGES, build_image
+from labtune_dev.node import Node, ensure_bridge, remove_bridge
+from labtune_dev.node_binaries import ensure_node_binaries
+from labtune_dev.pause_image import ensure_pause_archive
+from labtune_dev.tools import Tools, ensure_tools
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -36,6 +43,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     wanted = any(item.get_closest_marker("integration") for item in session.items)
     if wanted and not session.config.option.collectonly and not _use_existing_cluster():
         ensure_binaries()
+    node_wanted = any("node" in getattr(item, "fixturenames", ()) for item in session.items)
+    if node_wanted and not session.config.option.collectonly and _can_run_node():
+        ensure_node_binaries()
+        ensure_pause_archive()
+    images_wanted = any("demo" in getattr(item, "fixturenames", ()) for item in session.items)
+    if images_wanted and not session.config.option.collectonly and _can_run_node():
+        for name in IMAGES:  # the project's images, built from its Dockerfiles (cached layers)
+            build_image(name)
     tools_wanted = any("tools" in getattr(item, "fixturenames", ()) for item in session.items)
     if tools_wanted and not session.config.option.collectonly:
         ensure_tools()
@@ -43,18 +58,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def tools() -> Tools:
-    """helm, prometheus, promtool and the prometheus-operator CRDs (labtune.devcluster.tools)."""
+    """helm, prometheus, promtool and the prometheus-operator CRDs (labtune_dev.tools)."""
     return ensure_tools()
+
+
+def _can_run_node() -> bool:
+    """A node needs root (network namespaces, mounts, cgroups) and Linux."""
+    return sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("ip") is not None
 
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane | None]:
-    """The session's local control plane; None when USE_EXISTING_CLUSTER=true."""
+    """The session's local control plane; None when USE_EXISTING_CLUSTER=true. Where a node can run,
+    the apiserver listens on the node's address (pods reach it through the `kubernetes` Service)."""
     if _use_existing_cluster():
         yield None
         return
-    with ControlPlane() as plane:
-        yield plane
+    if not _can_run_node():
+        with ControlPlane() as plane:
+            yield plane
+        return
+    ensure_bridge(NODE)
+    try:
+        with ControlPlane(address=NODE.address) as plane:
+            yield plane
+    finally:
+        remove_bridge(NODE)
+
+
+@pytest.fixture(scope="module")
+def node(control_plane: ControlPlane | None, kube_controllers: None) -> Iterator[Node]:
+    """A real node (containerd, kubelet, kube-proxy, CoreDNS) for one test module, advertising
+    NODE.gpus nvidia.com/gpu; it leaves with its pods when the module ends, so no other test's pod
+    lands on it."""
+    if control_plane is None:
+        pytest.skip("USE_EXISTING_CLUSTER=true: the node tests run on the dev cluster's own node")
+    if control_plane.address != NODE.address:
+        pytest.skip("a node needs root on Linux")
+    with Node(NODE, control_plane.server, control_plane.pki, control_plane.kubeconfig) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

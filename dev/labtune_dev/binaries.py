@@ -1,6 +1,7 @@
 """Builds (once) the control plane binaries from the published Go modules, or finds prebuilt ones.
 
-kube-apiserver, kube-controller-manager and kube-scheduler come from `k8s.io/kubernetes`, etcd
+kube-apiserver, kube-controller-manager, kube-scheduler, and the node's kubelet and kube-proxy come
+from `k8s.io/kubernetes`, etcd
 from `go.etcd.io/etcd/server/v3`; they land in a version-named cache folder outside the clone:
 
     $LABTUNE_CACHE/controlplane/kubernetes-<KUBE_VERSION>_etcd-<ETCD_VERSION>/
@@ -28,7 +29,10 @@ from pathlib import Path
 
 DEFAULT_KUBE_VERSION = "v1.36.3"
 DEFAULT_ETCD_VERSION = "v3.6.16"
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CONTROL_PLANE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# The node's own: built from the same wrapper module, so one build serves the whole cluster.
+NODE_COMMANDS = ("kubelet", "kube-proxy")
+KUBE_COMMANDS = (*CONTROL_PLANE_COMMANDS, *NODE_COMMANDS)
 BINARIES = (*KUBE_COMMANDS, "etcd")
 
 _KUBE_VERSION_RE = re.compile(r"^v1\.(?P<minor>\d+)\.\d+(-[0-9A-Za-z.-]+)?$")
@@ -91,8 +95,8 @@ def binaries_dir(versions: Versions) -> Path:
     return cache_root() / "controlplane" / f"kubernetes-{versions.kube}_etcd-{versions.etcd}"
 
 
-def missing_binaries(folder: Path) -> list[str]:
-    return [name for name in BINARIES if not os.access(folder / name, os.X_OK)]
+def missing_binaries(folder: Path, names: tuple[str, ...] = BINARIES) -> list[str]:
+    return [name for name in names if not os.access(folder / name, os.X_OK)]
 
 
 def ensure_binaries() -> Path:
@@ -113,7 +117,8 @@ def ensure_binaries() -> Path:
 def _prebuilt(folder: Path) -> Path:
     if not folder.is_dir():
         raise BinariesError(f"KUBEBUILDER_ASSETS={folder} is not a folder; unset it to build the binaries")
-    if missing := missing_binaries(folder):
+    # envtest's assets have no kubelet: only a node needs one (labtune_dev.node_binaries says so).
+    if missing := missing_binaries(folder, (*CONTROL_PLANE_COMMANDS, "etcd")):
         raise BinariesError(
             f"KUBEBUILDER_ASSETS={folder} lacks executable {', '.join(missing)}; "
             "add them or unset KUBEBUILDER_ASSETS to build them"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,15 @@ class ControlPlaneCerts:
     admin: CertKey
     controller_manager: CertKey
     scheduler: CertKey
+    kubelet_client: CertKey
+    """The apiserver's client cert for kubelets (logs, exec, port-forward)."""
     service_account_key: Path
     service_account_public_key: Path
 
 
-def generate(directory: Path) -> ControlPlaneCerts:
-    """Writes a fresh PKI into `directory` (created if needed, files readable by the owner only)."""
+def generate(directory: Path, server_ips: Sequence[str] = ()) -> ControlPlaneCerts:
+    """Writes a fresh PKI into `directory` (created if needed, files readable by the owner only);
+    the apiserver's cert is valid for loopback, the `kubernetes` Service and `server_ips`."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("labtune-devcluster-ca")
@@ -72,29 +76,74 @@ def generate(directory: Path) -> ControlPlaneCerts:
     )
     return ControlPlaneCerts(
         ca=ca,
-        apiserver=_serving_cert(directory, ca_cert, ca_key),
+        apiserver=_serving_cert(
+            directory,
+            "apiserver",
+            ca_cert,
+            ca_key,
+            _SERVING_DNS_NAMES,
+            ("127.0.0.1", SERVICE_IP, *server_ips),
+        ),
         admin=_client_cert(directory, "admin", ca_cert, ca_key, "admin", ["system:masters"]),
         controller_manager=_client_cert(
             directory, "controller-manager", ca_cert, ca_key, "system:kube-controller-manager", []
         ),
         scheduler=_client_cert(directory, "scheduler", ca_cert, ca_key, "system:kube-scheduler", []),
+        kubelet_client=_client_cert(
+            directory,
+            "apiserver-kubelet-client",
+            ca_cert,
+            ca_key,
+            "kube-apiserver-kubelet-client",
+            ["system:masters"],
+        ),
         service_account_key=_write_key(directory / "service-account.key", sa_key),
         service_account_public_key=sa_pub,
     )
 
 
-def _serving_cert(directory: Path, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> CertKey:
+def issue_client_cert(directory: Path, stem: str, ca: CertKey, user: str, groups: Sequence[str]) -> CertKey:
+    """A client cert signed by the CA in `ca` (e.g. a kubelet's: system:node:NAME in system:nodes)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_cert, ca_key = _load(ca)
+    return _client_cert(directory, stem, ca_cert, ca_key, user, list(groups))
+
+
+def issue_serving_cert(
+    directory: Path, stem: str, ca: CertKey, dns_names: Sequence[str], ips: Sequence[str]
+) -> CertKey:
+    """A serving cert signed by the CA in `ca` (e.g. a kubelet's, for the apiserver's log and exec calls)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_cert, ca_key = _load(ca)
+    return _serving_cert(directory, stem, ca_cert, ca_key, dns_names, ips)
+
+
+def _load(ca: CertKey) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca.key} is not the ECDSA key generate() writes")
+    return x509.load_pem_x509_certificate(ca.cert.read_bytes()), key
+
+
+def _serving_cert(
+    directory: Path,
+    stem: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    dns_names: Sequence[str],
+    ips: Sequence[str],
+) -> CertKey:
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName(name) for name in _SERVING_DNS_NAMES]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(ips)]
     cert = (
-        _builder(_name("kube-apiserver"), ca_cert.subject, key)
+        _builder(_name(stem), ca_cert.subject, key)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    return _write(directory, "apiserver", cert, key)
+    return _write(directory, stem, cert, key)
 
 
 def _client_cert(

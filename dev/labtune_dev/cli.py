@@ -1,4 +1,4 @@
-"""`labtune dev`: local development helpers (a real control plane on this machine)."""
+"""`labtune-dev`: local development helpers (a real control plane on this machine)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from labtune.devcluster.binaries import BinariesError, ensure_binaries
+from labtune_dev.binaries import BinariesError, ensure_binaries
 
-# The commands import labtune.devcluster.controlplane themselves: it takes half a second.
+# The commands import labtune_dev.controlplane themselves: it takes half a second.
 
 
 @click.group()
 def dev() -> None:
-    """Local development: a real Kubernetes control plane on this machine."""
+    """Local development: a real Kubernetes cluster on this machine (control plane, node, images)."""
 
 
 @dev.group()
@@ -34,7 +34,7 @@ def build() -> None:
 def tools() -> None:
     """Build helm, prometheus and promtool and fetch the prometheus-operator CRDs (once; what the
     chart and alert tests use) and print where they are."""
-    from labtune.devcluster.tools import ensure_tools
+    from labtune_dev.tools import ensure_tools
 
     try:
         found = ensure_tools()
@@ -51,15 +51,29 @@ def tools() -> None:
     show_default=True,
     help="Also run kube-controller-manager and kube-scheduler.",
 )
-def up(with_controllers: bool) -> None:
-    """Start a control plane in the background (if none runs) and print its KUBECONFIG.
+@click.option(
+    "--node/--no-node",
+    default=False,
+    show_default=True,
+    help="Also run a real node (containerd, kubelet, kube-proxy, CoreDNS; root); the apiserver listens on "
+    "its address.",
+)
+@click.option("--gpus", type=int, default=0, show_default=True,
+              help="nvidia.com/gpu the node advertises (pods that ask for them run on the CPU).")  # fmt: skip
+def up(with_controllers: bool, node: bool, gpus: int) -> None:
+    """Start a control plane (and a node) in the background, if none runs, and print its KUBECONFIG.
 
-    Use it as: eval "$(labtune dev controlplane up)"
+    Use it as: eval "$(labtune-dev controlplane up)"
     """
-    from labtune.devcluster import controlplane as cp
+    from labtune_dev import controlplane as cp
 
+    settings = None
+    if node:
+        from labtune_dev.node import NodeSettings
+
+        settings = NodeSettings(gpus=gpus)
     try:
-        state, started = cp.up(cp.default_state_dir(), with_controllers=with_controllers)
+        state, started = cp.up(cp.default_state_dir(), with_controllers=with_controllers, node=settings)
     except (BinariesError, cp.ControlPlaneError) as error:
         raise click.ClickException(str(error)) from error
     if not started:
@@ -73,12 +87,12 @@ def up(with_controllers: bool) -> None:
 @controlplane.command()
 def env() -> None:
     """Print `export KUBECONFIG=...` for the running control plane."""
-    from labtune.devcluster import controlplane as cp
+    from labtune_dev import controlplane as cp
 
     state = cp.running(cp.default_state_dir())
     if state is None:
         raise click.ClickException(
-            "no control plane is running; start one with `labtune dev controlplane up`"
+            "no control plane is running; start one with `labtune-dev controlplane up`"
         )
     click.echo(cp.export_line(state))
 
@@ -86,7 +100,7 @@ def env() -> None:
 @controlplane.command()
 def down() -> None:
     """Stop the background control plane and remove its files."""
-    from labtune.devcluster import controlplane as cp
+    from labtune_dev import controlplane as cp
 
     stopped = cp.down(cp.default_state_dir())
     click.echo("labtune devcluster: " + ("stopped" if stopped else "no control plane was running"), err=True)
@@ -96,79 +110,30 @@ def down() -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--binaries", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--with-controllers/--no-controllers", required=True)
-def serve(state_dir: Path, binaries: Path, with_controllers: bool) -> None:
+@click.option("--node", "node_json", default=None, help="NodeSettings as JSON: also run a node.")
+def serve(state_dir: Path, binaries: Path, with_controllers: bool, node_json: str | None) -> None:
     """Run a control plane in the foreground until signalled (what `up` starts detached)."""
-    from labtune.devcluster import controlplane as cp
+    from labtune_dev import controlplane as cp
+    from labtune_dev.node import NodeError, NodeSettings
 
+    node = NodeSettings.model_validate_json(node_json) if node_json is not None else None
     try:
-        cp.serve(state_dir, binaries, with_controllers=with_controllers)
-    except cp.ControlPlaneError as error:  # `up` shows this log's tail: the message, no traceback
+        cp.serve(state_dir, binaries, with_controllers=with_controllers, node=node)
+    except (
+        cp.ControlPlaneError,
+        BinariesError,
+        NodeError,
+    ) as error:  # `up` shows this log's tail: no traceback
         raise click.ClickException(str(error)) from error
-
-
-@dev.group()
-def node() -> None:
-    """A node agent: a Ready Node whose pods run as local processes (a stand-in kubelet)."""
-
-
-@node.command("serve")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), envvar="KUBECONFIG",
-              required=True, help="Cluster to join (default: $KUBECONFIG).")  # fmt: skip
-@click.option("--name", default="labtune-dev-node", show_default=True, help="Node name.")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Pod folders and claims [default: $LABTUNE_CACHE/run/node/<name>].")  # fmt: skip
-@click.option("--gpus", type=int, default=0, show_default=True,
-              help="nvidia.com/gpu capacity to advertise (a number only: pods run on the CPU).")  # fmt: skip
-@click.option("--pod-cidr", default="10.244.0.0/24", show_default=True, help="Pod addresses.")
-@click.option("--bridge", default="labtune0", show_default=True, help="Host bridge of the pods.")
-@click.option("--extra-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="PEM CA that containers trust besides the host's.")  # fmt: skip
-def node_serve(
-    kubeconfig: Path,
-    name: str,
-    data_root: Path | None,
-    gpus: int,
-    pod_cidr: str,
-    bridge: str,
-    extra_ca: Path | None,
-) -> None:
-    """Run the node agent in the foreground until SIGTERM or Ctrl-C (needs root)."""
-    import logging
-    import signal
-    import threading
-
-    from labtune.devcluster.binaries import cache_root
-    from labtune.devcluster.nodeagent import NodeAgent, NodeAgentError, NodeAgentSettings
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = NodeAgentSettings(
-        kubeconfig=kubeconfig,
-        node_name=name,
-        data_root=data_root or cache_root() / "run" / "node" / name,
-        gpus=gpus,
-        pod_cidr=pod_cidr,
-        bridge=bridge,
-        extra_ca=extra_ca,
-    )
-    try:
-        agent = NodeAgent(settings)
-    except NodeAgentError as error:
-        raise click.ClickException(str(error)) from error
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
-    agent.start()
-    stopped.wait()
-    agent.stop()
 
 
 @dev.group()
 def demo() -> None:
-    """The demo's environment: node agent, git server, teacher, artifact claim and operator."""
+    """The demo's environment: git server, teacher, artifact claim, images and the operator (Helm)."""
 
 
 def _demo_state_dir() -> Path:
-    from labtune.devcluster.binaries import cache_root
+    from labtune_dev.binaries import cache_root
 
     return cache_root() / "run" / "demo"
 
@@ -181,19 +146,22 @@ def _demo_state_dir() -> Path:
     show_default=True,
     help="The demo's taxonomy sources.",
 )
-@click.option("--gpus", type=int, default=0, show_default=True, help="nvidia.com/gpu the Node advertises.")
-def demo_up(examples: Path, gpus: int) -> None:
-    """Start the demo environment in the background against the running control plane."""
-    from labtune.devcluster import controlplane as cp
-    from labtune.devcluster import demo as environment
+def demo_up(examples: Path) -> None:
+    """Start the demo environment in the background on the running cluster (it needs its node)."""
+    from labtune_dev import controlplane as cp
+    from labtune_dev import demo as environment
 
     plane = cp.running(cp.default_state_dir())
-    if plane is None:
+    if plane is None or plane.node_directory is None or plane.node_address is None:
         raise click.ClickException(
-            "no control plane is running; start one with `labtune dev controlplane up`"
+            "no cluster with a node is running; start one with `labtune-dev controlplane up --node`"
         )
     settings = environment.DemoSettings(
-        kubeconfig=plane.kubeconfig, state_dir=_demo_state_dir(), examples=examples.absolute(), gpus=gpus
+        kubeconfig=plane.kubeconfig,
+        node_dir=plane.node_directory,
+        node_address=plane.node_address,
+        state_dir=_demo_state_dir(),
+        examples=examples.absolute(),
     )
     try:
         state = environment.up(settings)
@@ -204,8 +172,8 @@ def demo_up(examples: Path, gpus: int) -> None:
 
 @demo.command("down")
 def demo_down() -> None:
-    """Stop the demo environment (its pods, the node, the operator, the servers)."""
-    from labtune.devcluster import demo as environment
+    """Stop the demo environment (the operator's release, the servers)."""
+    from labtune_dev import demo as environment
 
     stopped = environment.down(_demo_state_dir())
     click.echo("labtune demo: " + ("stopped" if stopped else "no demo environment was running"), err=True)
@@ -217,10 +185,45 @@ def demo_serve(settings_json: str) -> None:
     """Run the demo environment in the foreground (what `up` starts detached)."""
     import logging
 
-    from labtune.devcluster import demo as environment
+    from labtune_dev import demo as environment
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     environment.serve(environment.DemoSettings.model_validate_json(settings_json))
+
+
+@dev.group()
+def images() -> None:
+    """The operator, generator and trainer images, built with buildah without network inside the builds."""
+
+
+@images.command("build")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+def images_build(names: tuple[str, ...]) -> None:
+    """Build the images (operator, generator, trainer; all by default) and their OCI archives, and
+    print one line per image: tag, size, archive (for `ctr -n k8s.io images import`)."""
+    from labtune_dev import images as builder
+
+    try:
+        wanted = [builder.image_name(name) for name in names] or list(builder.IMAGE_NAMES)
+        for name in wanted:
+            built = builder.build_image(name)
+            click.echo(f"{built.tag}\t{built.size / 1e6:.0f} MB\t{built.archive}")
+    except builder.ImageError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@images.command("lock")
+def images_lock() -> None:
+    """Recompile images/requirements/*.txt from pyproject.toml (PyPI) and print their paths."""
+    from labtune_dev import image_requirements
+    from labtune_dev import images as builder
+
+    try:
+        paths = image_requirements.compile_locks(builder.uv())
+    except (image_requirements.RequirementsError, builder.ImageError) as error:
+        raise click.ClickException(str(error)) from error
+    for path in paths:
+        click.echo(path)
 
 
 if __name__ == "__main__":

@@ -2,60 +2,60 @@
 kube-controller-manager and kube-scheduler, as child processes listening on loopback only.
 
 `ControlPlane` runs one inside the calling process (tests); `up`/`down`/`running` run one
-detached from the terminal (`labtune dev controlplane up`), with its state in a state folder.
+detached from the terminal (`labtune-dev controlplane up`), with its state in a state folder.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import fcntl
-import http.client
 import os
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel
 
-from labtune.devcluster import certs
-from labtune.devcluster.binaries import cache_root, ensure_binaries, progress
+from labtune_dev import certs
+from labtune_dev.binaries import cache_root, ensure_binaries, progress
+from labtune_dev.processes import (
+    KEEP_LOGS_ENV,
+    POLL_S,
+    STOP_TIMEOUT_S,
+    Process,
+    free_port,
+    launch,
+    log_tail,
+    probe,
+    signal_group,
+    terminate,
+    wait_healthy,
+)
 
-KEEP_LOGS_ENV = "LABTUNE_KEEP_CONTROLPLANE_LOGS"
+if TYPE_CHECKING:  # kubernetes' client takes a while to import; only a node needs it
+    from labtune_dev.node import Node, NodeSettings
+
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Cloud controllers have no cloud to talk to; the rest of the defaults ("*") stay on.
 CONTROLLERS = "*,-cloud-node-lifecycle-controller,-node-route-controller,-service-lb-controller"
 _DIR_PREFIX = "labtune-controlplane-"
 _OWNER_FILE = "owner.pid"
-_STOP_TIMEOUT_S = 15.0
-_POLL_S = 0.2
-_LOG_TAIL_LINES = 40
 
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started or reached."""
-
-
-@dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
 
 
 class ControlPlane:
@@ -68,13 +68,18 @@ class ControlPlane:
     start). Start and stop from the same long-lived (usually the main) thread.
     """
 
-    def __init__(self, binaries: Path | None = None, *, startup_timeout: float = 120.0) -> None:
+    def __init__(
+        self, binaries: Path | None = None, *, address: str = "127.0.0.1", startup_timeout: float = 120.0
+    ) -> None:
+        """`address`: where the apiserver listens; a node's address (not loopback) lets pods reach it
+        through the `kubernetes` Service and kubelets register."""
         self._binaries = binaries
+        self.address = address
         self._startup_timeout = startup_timeout
         self._dir: Path | None = None
         self._pki: certs.ControlPlaneCerts | None = None
         self._server: str | None = None
-        self._processes: list[_Process] = []
+        self._processes: list[Process] = []
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -123,7 +128,7 @@ class ControlPlane:
         try:
             (self._dir / _OWNER_FILE).write_text(str(os.getpid()))
             self.logs_dir.mkdir()
-            self._pki = certs.generate(self._dir / "pki")
+            self._pki = certs.generate(self._dir / "pki", server_ips=[self.address])
             etcd_url = self._start_etcd(binaries)
             self._start_apiserver(binaries, etcd_url)
         except BaseException:
@@ -143,7 +148,7 @@ class ControlPlane:
         except BaseException:
             # Only the controllers go: the apiserver stays usable (and stop() still owns it).
             for process in reversed(self._processes[count:]):
-                _terminate(process.popen)
+                terminate(process.popen)
             del self._processes[count:]
             raise
         progress(f"controller-manager and scheduler ready in {time.monotonic() - started:.1f}s")
@@ -155,12 +160,17 @@ class ControlPlane:
     def stop(self) -> None:
         """Stops every process (SIGTERM, then SIGKILL) and removes the temp folder. Idempotent."""
         for process in reversed(self._processes):  # dependents first, etcd last
-            _terminate(process.popen)
+            terminate(process.popen)
         self._processes.clear()
         if self._dir is not None:
             self._keep_logs(self._dir / "logs")
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = self._pki = self._server = None
+
+    @property
+    def pki(self) -> certs.ControlPlaneCerts:
+        """The cluster's CA and certificates (a node issues its own from the CA)."""
+        return self._certs
 
     @property
     def _certs(self) -> certs.ControlPlaneCerts:
@@ -169,7 +179,7 @@ class ControlPlane:
         return self._pki
 
     def _start_etcd(self, binaries: Path) -> str:
-        client, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+        client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         process = self._launch(
             "etcd",
             [
@@ -189,15 +199,20 @@ class ControlPlane:
         return client
 
     def _start_apiserver(self, binaries: Path, etcd_url: str) -> None:
-        pki, port = self._certs, _free_port()
+        pki, port = self._certs, free_port()
         process = self._launch(
             "kube-apiserver",
             [
                 str(binaries / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--advertise-address=127.0.0.1",
-                "--bind-address=127.0.0.1",
+                f"--advertise-address={self.address}",
+                f"--bind-address={self.address}",
                 f"--secure-port={port}",
+                f"--kubelet-client-certificate={pki.kubelet_client.cert}",
+                f"--kubelet-client-key={pki.kubelet_client.key}",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                # The node registers under its name, which does not resolve: logs and exec go to its IP.
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
@@ -208,10 +223,10 @@ class ControlPlane:
                 "--authorization-mode=Node,RBAC",
                 # The `kubernetes` Service cannot point at a loopback address: leave it without
                 # endpoints rather than log a failed reconcile every 10s.
-                "--endpoint-reconciler-type=none",
+                f"--endpoint-reconciler-type={'none' if self.address == '127.0.0.1' else 'lease'}",
             ],
         )
-        server = f"https://127.0.0.1:{port}"
+        server = f"https://{self.address}:{port}"
         _write_kubeconfig(self.kubeconfig, server, pki.ca.cert, pki.admin)
         context = ssl.create_default_context(cafile=pki.ca.cert)
         context.load_cert_chain(pki.admin.cert, pki.admin.key)
@@ -219,7 +234,7 @@ class ControlPlane:
         self._server = server
 
     def _start_controller_manager(self, binaries: Path) -> None:
-        pki, port = self._certs, _free_port()
+        pki, port = self._certs, free_port()
         kubeconfig = self.directory / "controller-manager.kubeconfig"
         _write_kubeconfig(kubeconfig, self.server, pki.ca.cert, pki.controller_manager)
         process = self._launch(
@@ -238,7 +253,7 @@ class ControlPlane:
         self._wait_healthy(process, f"https://127.0.0.1:{port}/healthz", _insecure_context())
 
     def _start_scheduler(self, binaries: Path) -> None:
-        pki, port = self._certs, _free_port()
+        pki, port = self._certs, free_port()
         kubeconfig = self.directory / "scheduler.kubeconfig"
         _write_kubeconfig(kubeconfig, self.server, pki.ca.cert, pki.scheduler)
         process = self._launch(
@@ -246,35 +261,15 @@ class ControlPlane:
         )
         self._wait_healthy(process, f"https://127.0.0.1:{port}/healthz", _insecure_context())
 
-    def _launch(self, name: str, args: list[str]) -> _Process:
-        log = self.logs_dir / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                args,
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
-        process = _Process(name, popen, log)
+    def _launch(self, name: str, args: list[str]) -> Process:
+        process = launch(name, args, self.logs_dir / f"{name}.log", self.directory)
         self._processes.append(process)
         return process
 
-    def _wait_healthy(self, process: _Process, url: str, context: ssl.SSLContext | None) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while (returncode := process.popen.poll()) is None:
-            last = _probe(url, context)
-            if last is None:
-                return
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(
-                    f"{process.name} was not healthy after {self._startup_timeout:.0f}s "
-                    f"({url}: {last}){_log_tail(process.log)}"
-                )
-            time.sleep(_POLL_S)
-        raise ControlPlaneError(f"{process.name} exited with code {returncode}{_log_tail(process.log)}")
+    def _wait_healthy(self, process: Process, url: str, context: ssl.SSLContext | None) -> None:
+        wait_healthy(
+            process, lambda: probe(url, context), self._startup_timeout, ControlPlaneError, f"{url}: "
+        )
 
     def _keep_logs(self, logs: Path) -> None:
         if os.environ.get(KEEP_LOGS_ENV, "").lower() in ("", "0", "false", "no") or not logs.is_dir():
@@ -338,24 +333,6 @@ def _write_kubeconfig(path: Path, server: str, ca: Path, client: certs.CertKey) 
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _probe(url: str, context: ssl.SSLContext | None) -> str | None:
-    """None when `url` answers 200, otherwise why not (for the timeout message)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5, context=context):
-            return None
-    except urllib.error.HTTPError as error:
-        return f"HTTP {error.code}: {error.read().decode(errors='replace')[-2000:]}"
-    except (OSError, http.client.HTTPException) as error:  # not up yet, or restarting
-        return str(error)
-
-
 def _insecure_context() -> ssl.SSLContext:
     """controller-manager and scheduler serve /healthz with a self-signed, in-memory cert."""
     context = ssl.create_default_context()
@@ -364,48 +341,7 @@ def _insecure_context() -> ssl.SSLContext:
     return context
 
 
-def _log_tail(log: Path) -> str:
-    try:
-        lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
-    except OSError:
-        return ""
-    return f"; last lines of {log.name} (set {KEEP_LOGS_ENV}=1 to keep the logs):\n" + "\n".join(lines)
-
-
-def _terminate(popen: subprocess.Popen[bytes], timeout: float = _STOP_TIMEOUT_S) -> None:
-    """SIGTERM to the process group, SIGKILL after `timeout` seconds; reaps the process."""
-    if popen.poll() is not None:
-        return
-    _signal_group(popen.pid, signal.SIGTERM)
-    try:
-        popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(popen.pid, signal.SIGKILL)
-        popen.wait()
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook making the child get SIGKILL when the starting thread dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    # Resolved before fork: the hook then only calls into libc, which is safe in a forked child.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig, parent = 1, os.getpid()
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl: nobody will stop this child
-            os._exit(1)
-
-    return hook
-
-
-# --- Detached control plane (`labtune dev controlplane up/env/down`) ---------------------------
+# --- Detached control plane (`labtune-dev controlplane up/env/down`) ---------------------------
 
 
 class DetachedState(BaseModel):
@@ -417,6 +353,12 @@ class DetachedState(BaseModel):
     server: str
     controllers: bool
     pids: dict[str, int]
+    node: str | None = None
+    """The node's name, when the cluster has one (`up --node`)."""
+    node_directory: Path | None = None
+    """Its folder: containerd's socket, logs, pod logs."""
+    node_address: str | None = None
+    """Its IP, where pods reach the host."""
 
 
 class _Stopped(BaseException):
@@ -441,7 +383,9 @@ def running(state_dir: Path) -> DetachedState | None:
     return state if state is not None and _is_process(state.pid, str(state_dir)) else None
 
 
-def up(state_dir: Path, *, with_controllers: bool, timeout: float = 300.0) -> tuple[DetachedState, bool]:
+def up(
+    state_dir: Path, *, with_controllers: bool, node: NodeSettings | None = None, timeout: float = 900.0
+) -> tuple[DetachedState, bool]:
     """Starts a detached control plane unless one runs; returns its state and whether it started.
 
     The control plane runs in a new session (`serve`), so it outlives this process and the
@@ -454,9 +398,11 @@ def up(state_dir: Path, *, with_controllers: bool, timeout: float = 300.0) -> tu
         _clean_up(state_dir)
         binaries = ensure_binaries()
         log = state_dir / "serve.log"
-        command = [sys.executable, "-m", "labtune.devcluster.cli", "controlplane", "serve"]
+        command = [sys.executable, "-m", "labtune_dev.cli", "controlplane", "serve"]
         command += ["--state-dir", str(state_dir), "--binaries", str(binaries)]
         command.append("--with-controllers" if with_controllers else "--no-controllers")
+        if node is not None:
+            command += ["--node", node.model_dump_json()]
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 command,
@@ -469,7 +415,7 @@ def up(state_dir: Path, *, with_controllers: bool, timeout: float = 300.0) -> tu
             return _wait_published(popen, state_dir, log, timeout), True
         except BaseException:
             # serve stops its processes on SIGTERM; give it the time to stop all four.
-            _terminate(popen, timeout=4 * _STOP_TIMEOUT_S)
+            terminate(popen, timeout=4 * STOP_TIMEOUT_S)
             raise
 
 
@@ -488,33 +434,47 @@ def down(state_dir: Path, *, timeout: float = 60.0) -> bool:
         return True
 
 
-def serve(state_dir: Path, binaries: Path, *, with_controllers: bool) -> None:
-    """Runs a control plane until a signal (or one of its processes exits), publishing its state."""
+def serve(
+    state_dir: Path, binaries: Path, *, with_controllers: bool, node: NodeSettings | None = None
+) -> None:
+    """Runs a control plane (and a node on it) until a signal or one of its processes exits,
+    publishing its state."""
+    from labtune_dev.node import Node, ensure_bridge, remove_bridge
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise _Stopped
 
     for signum in _SIGNALS:
         signal.signal(signum, stop)
-    plane = ControlPlane(binaries)
+    if node is not None:
+        ensure_bridge(node)  # the apiserver binds to the node's address
+    plane = ControlPlane(binaries, address=node.address if node is not None else "127.0.0.1")
+    worker: Node | None = None
     try:
         plane.start()
-        if with_controllers:
-            plane.start_controllers()
-        _publish(state_dir, plane)
-        while not (exited := plane.exited()):
+        if with_controllers or node is not None:
+            plane.start_controllers()  # a node needs them: its not-ready taint, the Job controller
+        if node is not None:
+            worker = Node(node, plane.server, plane.pki, plane.kubeconfig)
+            worker.start()
+        _publish(state_dir, plane, worker)
+        while not (exited := plane.exited() + (worker.exited() if worker else [])):
             time.sleep(1.0)
-        progress(f"{', '.join(exited)} exited unexpectedly; stopping the control plane")
+        progress(f"{', '.join(exited)} exited unexpectedly; stopping the cluster")
     except _Stopped:
-        progress("stopping the control plane")
+        progress("stopping the cluster")
     finally:
         for signum in _SIGNALS:  # a second signal must not interrupt the clean-up
             signal.signal(signum, signal.SIG_IGN)
+        if worker is not None:
+            worker.stop()
         plane.stop()
+        if node is not None:
+            remove_bridge(node)
         _remove_state(state_dir)
 
 
-def _publish(state_dir: Path, plane: ControlPlane) -> None:
+def _publish(state_dir: Path, plane: ControlPlane, node: Node | None) -> None:
     kubeconfig = state_dir / "kubeconfig"
     kubeconfig.touch(mode=0o600)
     shutil.copyfile(plane.kubeconfig, kubeconfig)
@@ -525,6 +485,9 @@ def _publish(state_dir: Path, plane: ControlPlane) -> None:
         server=plane.server,
         controllers=plane.controllers_running,
         pids=plane.pids,
+        node=node.name if node is not None else None,
+        node_directory=node.directory if node is not None else None,
+        node_address=node.settings.address if node is not None else None,
     )
     partial = state_dir / f"{_STATE_FILE}.tmp"
     partial.write_text(state.model_dump_json(indent=2))
@@ -540,9 +503,9 @@ def _wait_published(
         if state is not None and state.pid == popen.pid:
             return state
         if time.monotonic() > deadline:
-            raise ControlPlaneError(f"the control plane was not ready after {timeout:.0f}s{_log_tail(log)}")
-        time.sleep(_POLL_S)
-    raise ControlPlaneError(f"the control plane failed to start (exit code {returncode}){_log_tail(log)}")
+            raise ControlPlaneError(f"the control plane was not ready after {timeout:.0f}s{log_tail(log)}")
+        time.sleep(POLL_S)
+    raise ControlPlaneError(f"the control plane failed to start (exit code {returncode}){log_tail(log)}")
 
 
 def _read_state(state_dir: Path) -> DetachedState | None:
@@ -558,7 +521,7 @@ def _clean_up(state_dir: Path) -> None:
     if state is not None:
         for pid in state.pids.values():
             if _is_process(pid, str(state.directory)):
-                _signal_group(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
         shutil.rmtree(state.directory, ignore_errors=True)
     _remove_state(state_dir)
 
@@ -603,5 +566,5 @@ def _wait_gone(pid: int, marker: str, timeout: float) -> bool:
     while _is_process(pid, marker):
         if time.monotonic() > deadline:
             return False
-        time.sleep(_POLL_S)
+        time.sleep(POLL_S)
     return True

@@ -1,20 +1,19 @@
-"""The local demo's environment around a running control plane: the node agent, an https git server
-with the demo taxonomy, a SmolLM2 teacher behind llama.cpp's OpenAI-compatible server, the artifact
-claim with the base model on it, and the operator. `demo_environment` runs it in-process (the
-end-to-end test); `labtune dev demo up|down` runs it detached for `make demo`.
+"""The local demo's environment on a running cluster with a real node: an https git server with the
+demo taxonomy, a SmolLM2 teacher behind llama.cpp's OpenAI-compatible server, the artifact claim with the
+base model on it, the project's three images built here and loaded into the node, and the operator
+installed with its Helm chart. `demo_environment` runs it in-process (the end-to-end test);
+`labtune-dev demo up|down` runs it detached for `make demo`.
 
-Every service listens on the pods' bridge address, which is where pods reach the host."""
+The git server and the teacher listen on the node's address, which is where pods reach the host."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,34 +23,38 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel
 
-from labtune.devcluster.binaries import progress
-from labtune.devcluster.gitserver import GitServer, git_server
-from labtune.devcluster.llama import llama_server
-from labtune.devcluster.models import smollm2_gguf
-from labtune.devcluster.nodeagent import NodeAgent, NodeAgentSettings, check_host
-from labtune.devcluster.nodeagent_net import Bridge
+from labtune_dev.binaries import progress
+from labtune_dev.gitserver import GitServer, git_server
+from labtune_dev.images import IMAGES, build_image
+from labtune_dev.llama import llama_server
+from labtune_dev.models import smollm2_gguf
+from labtune_dev.node import load_image
+from labtune_dev.tools import ensure_tools
 
 CLAIM = "labtune-artifacts"
 BASE_MODEL_PATH = "models/smollm2-135m-instruct"
 GIT_SECRET = "demo-git"
 PIPELINE_CONFIG_MAP = "demo-pipeline"
 TEACHER_MODEL = "smollm2"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "labtune"
+JOB_UID = 65532  # the UID of labtune's images and job pods (operator/podspec.py)
 _GIT = ["git", "-c", "user.name=labtune demo", "-c", "user.email=demo@labtune.invalid"]
 
 
 class DemoSettings(BaseModel):
     kubeconfig: Path
+    node_dir: Path
+    """The node's folder (its containerd socket): the images are loaded there."""
+    node_address: str
+    """Where pods reach the host: the git server and the teacher listen there."""
     state_dir: Path
     examples: Path
     """examples/demo: the taxonomy and document sources."""
     namespace: str = "default"
-    node_name: str = "labtune-dev-node"
-    bridge: str = "labtune0"
-    pod_cidr: str = "10.244.0.0/24"
     git_port: int = 8443
     teacher_port: int = 8000
-    gpus: int = 0
-    """nvidia.com/gpu capacity the Node advertises (a number, not devices)."""
+    release: str = "labtune"
+    operator_namespace: str = "labtune-system"
 
 
 class DemoState(BaseModel):
@@ -62,7 +65,6 @@ class DemoState(BaseModel):
     teacher_url: str
     taxonomy_commit: str
     claim_dir: Path
-    node: str
     logs: dict[str, Path]
 
 
@@ -108,6 +110,13 @@ def place_base_model(claim_dir: Path) -> Path:
     return target
 
 
+def make_claim_dir(claim_dir: Path) -> None:
+    """The claim's folder, owned by the UID job pods run as (a hostPath volume gets no fsGroup)."""
+    claim_dir.mkdir(parents=True, exist_ok=True)
+    for path in (claim_dir, *claim_dir.rglob("*")):
+        os.chown(path, JOB_UID, JOB_UID)
+
+
 def _create(create: Callable[..., Any], *args: Any) -> None:
     """Creates an object unless it exists (re-running the demo)."""
     try:
@@ -150,7 +159,8 @@ def apply_cluster_objects(api: client.ApiClient, namespace: str, claim_dir: Path
     secret = {
         "metadata": {"name": GIT_SECRET},
         "type": "kubernetes.io/basic-auth",
-        "stringData": {"username": git.username, "password": git.password},
+        # ca.crt: the private CA of the git server, as Flux's GitRepository Secrets carry it.
+        "stringData": {"username": git.username, "password": git.password, "ca.crt": git.ca.read_text()},
     }
     _create(core.create_namespaced_secret, namespace, secret)
     pipeline = {
@@ -160,56 +170,73 @@ def apply_cluster_objects(api: client.ApiClient, namespace: str, claim_dir: Path
     _create(core.create_namespaced_config_map, namespace, pipeline)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def load_images(node_dir: Path) -> dict[str, str]:
+    """Builds the three images (cached layers) and loads them into the node; returns name → tag."""
+    tags: dict[str, str] = {}
+    for name in IMAGES:
+        built = build_image(name)
+        load_image(node_dir, built.archive)
+        tags[name] = built.tag
+    return tags
 
 
 @contextmanager
-def operator_process(kubeconfig: Path, namespace: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`labtune operator run` for one namespace, with the admin kubeconfig; until the block ends."""
-    liveness = _free_port()
+def helm_release(settings: DemoSettings, tags: dict[str, str], log: Path) -> Iterator[None]:
+    """`helm install` of the chart with the images built here, until the block ends (`helm uninstall`)."""
+    helm = str(ensure_tools().helm)
+    env = {**os.environ, "KUBECONFIG": str(settings.kubeconfig)}
+
+    def repository(name: str) -> str:
+        return tags[name].rsplit(":", 1)[0]
+
+    values = [
+        f"image.repository={repository('operator')}",
+        f"image.tag={tags['operator'].rsplit(':', 1)[1]}",
+        f"jobImages.generator={repository('generator')}",
+        f"jobImages.trainer={repository('trainer')}",
+        f"jobImages.tag={tags['trainer'].rsplit(':', 1)[1]}",
+        f"watchNamespaces[0]={settings.namespace}",
+        # Short intervals: the demo's steps take seconds, not hours.
+        "extraArgs[0]=--scrape-interval=5",
+        "extraArgs[1]=--resync-interval=10",
+    ]
+    base = [helm, "--namespace", settings.operator_namespace]
     command = [
-        sys.executable, "-m", "labtune.operator", "--kubeconfig", str(kubeconfig),
-        "--namespace", namespace, "--metrics-port", str(_free_port()), "--liveness-port", str(liveness),
-        "--scrape-interval", "5", "--resync-interval", "10",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        *base,
+        "install",
+        settings.release,
+        str(CHART),
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]
+    for value in values:
+        command += ["--set", value]
+    _run_logged(command, env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if popen.poll() is not None:
-                raise RuntimeError(f"the operator exited with {popen.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the operator was not healthy in 120s; see {log}") from None
-                time.sleep(0.5)
-        yield popen
+        yield
     finally:
-        popen.terminate()
-        try:
-            popen.wait(30)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
+        subprocess.run(
+            [*base, "uninstall", settings.release, "--wait"], env=env, capture_output=True, check=False
+        )
+
+
+def _run_logged(command: list[str], env: dict[str, str], log: Path) -> None:
+    with log.open("ab") as out:
+        result = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"`{' '.join(command[:4])} …` failed (exit {result.returncode}); {log}:\n{tail}")
 
 
 @contextmanager
 def demo_environment(settings: DemoSettings) -> Iterator[DemoState]:
     """Starts everything the demo's resources need; stops it all when the block ends."""
-    check_host()  # before the bridge: a clear message where the node agent cannot run
     state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    logs = {name: state_dir / f"{name}.log" for name in ("operator", "teacher")}
-    bridge = Bridge(settings.bridge, settings.pod_cidr)
-    bridge.ensure()  # first: the git server and the teacher listen on its address
-    host = bridge.gateway
+    logs = {name: state_dir / f"{name}.log" for name in ("helm", "teacher")}
+    host = settings.node_address
     api: client.ApiClient = config.new_client_from_config(config_file=str(settings.kubeconfig))  # type: ignore[no-untyped-call]
     with ExitStack() as stack:
         stack.callback(api.close)
@@ -229,38 +256,29 @@ def demo_environment(settings: DemoSettings) -> Iterator[DemoState]:
         progress(
             f"teacher (SmolLM2-135M-Instruct on llama.cpp) at {teacher} in {time.monotonic() - started:.1f}s"
         )
-        agent = NodeAgent(
-            NodeAgentSettings(
-                kubeconfig=settings.kubeconfig,
-                node_name=settings.node_name,
-                data_root=state_dir / "node",
-                gpus=settings.gpus,
-                bridge=settings.bridge,
-                pod_cidr=settings.pod_cidr,
-                extra_ca=git.ca,
-            )
-        )
-        agent.start()
-        stack.callback(agent.stop)
-        claim_dir = state_dir / "node" / "volumes" / settings.namespace / CLAIM
+        claim_dir = state_dir / "claim"
         started = time.monotonic()
         place_base_model(claim_dir)
+        make_claim_dir(claim_dir)
         apply_cluster_objects(api, settings.namespace, claim_dir, git)
-        progress(f"node {agent.name} Ready; base model on claim {CLAIM} in {time.monotonic() - started:.1f}s")
-        stack.enter_context(operator_process(settings.kubeconfig, settings.namespace, logs["operator"]))
-        progress(f"operator running in namespace {settings.namespace}")
+        progress(f"base model on claim {CLAIM} in {time.monotonic() - started:.1f}s")
+        started = time.monotonic()
+        tags = load_images(settings.node_dir)
+        progress(f"images {', '.join(tags.values())} in the node in {time.monotonic() - started:.1f}s")
+        started = time.monotonic()
+        stack.enter_context(helm_release(settings, tags, logs["helm"]))
+        progress(f"operator installed with helm, Ready in {time.monotonic() - started:.1f}s")
         yield DemoState(
             pid=os.getpid(),
             git_url=git.url,
             teacher_url=teacher,
             taxonomy_commit=commit,
             claim_dir=claim_dir,
-            node=agent.name,
-            logs={**logs, "pods": state_dir / "node" / "pods"},
+            logs=logs,
         )
 
 
-# --- detached (`labtune dev demo up|down`) -----------------------------------------------------
+# --- detached (`labtune-dev demo up|down`) -----------------------------------------------------
 
 _STATE_FILE = "state.json"
 
@@ -305,7 +323,7 @@ def up(settings: DemoSettings, timeout: float = 900.0) -> DemoState:
     command = [
         sys.executable,
         "-m",
-        "labtune.devcluster.cli",
+        "labtune_dev.cli",
         "demo",
         "serve",
         "--settings",

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from labtune.devcluster.certs import CertKey, _builder, _key_usage, _name, _write
+from labtune_dev.certs import CertKey, _builder, _key_usage, _name, _write
 
 
 @dataclass(frozen=True)

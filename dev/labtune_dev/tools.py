@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labtune.devcluster.binaries import BinariesError, _build_lock, _go, cache_root, progress
+from labtune_dev.binaries import BinariesError, _build_lock, _go, cache_root, progress
 
 HELM_MODULE, HELM_VERSION = "helm.sh/helm/v3", "v3.22.0"
 PROMETHEUS_MODULE, PROMETHEUS_VERSION = "github.com/prometheus/prometheus", "v0.316.0"
@@ -43,13 +43,21 @@ class GoCommands:
     name: str
     module: str
     version: str
-    packages: tuple[str, ...]  # under the module; the command is the last path element
+    packages: tuple[str, ...]  # under the module ("" for its root); the command is the last path element
     stamps: tuple[str, ...] = ()  # `-X package.var=value` link-time settings, as the module's Makefile sets
     tags: tuple[str, ...] = ()  # build tags
 
     @property
     def commands(self) -> tuple[str, ...]:
-        return tuple(package.rsplit("/", 1)[-1] for package in self.packages)
+        return tuple(self._path(package).rsplit("/", 1)[-1] for package in self.packages)
+
+    def _path(self, package: str) -> str:
+        return f"{self.module}/{package}" if package else self.module
+
+    @property
+    def targets(self) -> list[str]:
+        """`go install` arguments: every package at the version."""
+        return [f"{self._path(package)}@{self.version}" for package in self.packages]
 
     def folder(self) -> Path:
         return cache_root() / "gotools" / f"{self.name}-{self.version}"
@@ -93,7 +101,7 @@ class Tools:
 
 def ensure_tools() -> Tools:
     """Returns the tools, building or downloading what is missing (a few minutes, once)."""
-    helm, prometheus = _ensure_commands(HELM), _ensure_commands(PROMETHEUS)
+    helm, prometheus = ensure_commands(HELM), ensure_commands(PROMETHEUS)
     return Tools(
         helm=helm / "helm",
         prometheus=prometheus / "prometheus",
@@ -102,7 +110,8 @@ def ensure_tools() -> Tools:
     )
 
 
-def _ensure_commands(spec: GoCommands) -> Path:
+def ensure_commands(spec: GoCommands) -> Path:
+    """The folder of the spec's commands, built with `go install` unless they are there."""
     out = spec.folder()
     if not _missing(out, spec.commands):
         return out
@@ -125,10 +134,9 @@ def _install(spec: GoCommands, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"labtune-{spec.name}-", dir=out.parent) as work:
         staging = Path(work) / "bin"
         env = {**os.environ, "GOBIN": str(staging), "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
-        targets = [f"{spec.module}/{package}@{spec.version}" for package in spec.packages]
         ldflags = " ".join(["-s", "-w", *(f"-X {stamp}" for stamp in spec.stamps)])
         tags = ["-tags", ",".join(spec.tags)] if spec.tags else []
-        _go(["install", "-trimpath", *tags, "-ldflags", ldflags, *targets], Path(work), env)
+        _go(["install", "-trimpath", *tags, "-ldflags", ldflags, *spec.targets], Path(work), env)
         shutil.rmtree(out, ignore_errors=True)
         staging.replace(out)
     progress(f"built {', '.join(spec.commands)} in {time.monotonic() - started:.0f}s into {out}")
@@ -162,4 +170,4 @@ def _download_monitoring_crds(out: Path) -> None:
 
 def _require_go() -> None:
     if shutil.which("go") is None:
-        raise BinariesError("'go' is not on PATH; install Go >= 1.26 to build helm and prometheus")
+        raise BinariesError("'go' is not on PATH; install Go >= 1.26 to build the dev cluster's tools")

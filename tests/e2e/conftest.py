@@ -1,4 +1,4 @@
-"""The end-to-end tests run the demo's environment (labtune.devcluster.demo) on the session's control
+"""The end-to-end tests run the demo's environment (labtune_dev.demo) on the session's control
 plane: they need the CRDs fixture of the integration tests, loaded here from their conftest."""
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The LAB pipeline end to end, as `make demo` runs it: a taxonomy in an https git server →
-Taxonomy → SyntheticDataRun (SmolLM2 teacher on llama.cpp) → TuningJob (LoRA on CPU), every pod
-placed by kube-scheduler on the node agent's Node and run there; assertions on the files produced
-on the artifact claim and on the status the operator wrote."""
+Taxonomy → SyntheticDataRun (SmolLM2 teacher on llama.cpp) → TuningJob (LoRA on CPU), the operator
+installed with `helm install` and running as a pod, every pod placed by kube-scheduler on the real node
+and run by kubelet and containerd from the images this repository's Dockerfiles build; assertions on
+the files produced on the artifact claim and on the status the operator wrote."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 import json
-import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +20,8 @@ from kubernetes import client
 from kubetest import condition, eventually
 
 from labtune.api import GROUP, VERSION
-from labtune.devcluster.demo import DemoSettings, DemoState, demo_environment
-from labtune.devcluster.nodeagent import NodeAgentError, check_host
+from labtune_dev.demo import DemoSettings, DemoState, demo_environment
+from labtune_dev.node import Node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,27 +45,24 @@ def namespace(api_client: client.ApiClient) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def demo(
     kubeconfig: Path,
-    kube_controllers: None,
+    node: Node,
     labtune_crds: list[str],
     namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[DemoSettings, DemoState]]:
-    """The demo's environment for one namespace, on its own bridge and free ports."""
-    try:
-        check_host()
-    except NodeAgentError as error:
-        pytest.skip(str(error))
+    """The demo's environment for one namespace, on free ports, with its own Helm release."""
     suffix = uuid.uuid4().hex[:6]
     settings = DemoSettings(
         kubeconfig=kubeconfig,
+        node_dir=node.directory,
+        node_address=node.settings.address,
         state_dir=tmp_path_factory.mktemp("demo"),
         examples=ROOT / "examples/demo",
         namespace=namespace,
-        node_name=f"e2e-{suffix}",
-        bridge=f"lte{suffix}",
-        pod_cidr=f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24",
         git_port=0,
         teacher_port=0,
+        release=f"e2e-{suffix}",
+        operator_namespace=f"e2e-operator-{suffix}",
     )
     with demo_environment(settings) as state:
         yield settings, state
@@ -82,10 +79,22 @@ def _manifests(state: DemoState) -> list[dict[str, Any]]:
     return bodies
 
 
-def test_taxonomy_to_tuned_adapter(
-    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
+def test_operator_runs_in_the_cluster_from_its_image(
+    api_client: client.ApiClient, demo: tuple[DemoSettings, DemoState], node: Node
 ) -> None:
-    settings, state = demo
+    settings, _ = demo
+    core = client.CoreV1Api(api_client)
+    (pod,) = core.list_namespaced_pod(settings.operator_namespace).items
+    assert pod.spec.node_name == node.name
+    assert pod.status.container_statuses[0].ready
+    assert pod.status.container_statuses[0].image == "ghcr.io/labtune/operator:0.1.0"
+    assert pod.spec.security_context.run_as_user == 65532
+
+
+def test_taxonomy_to_tuned_adapter(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState], node: Node
+) -> None:
+    _, state = demo
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     for body in _manifests(state):
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[body["kind"]], body)
@@ -143,13 +152,86 @@ def test_taxonomy_to_tuned_adapter(
     scheduled = {
         e.involved_object.name
         for e in core.list_namespaced_event(namespace).items
-        if e.reason == "Scheduled" and f"to {settings.node_name}" in (e.message or "")
+        if e.reason == "Scheduled" and f"to {node.name}" in (e.message or "")
     }
+    images = {"generator": "ghcr.io/labtune/generator:0.1.0", "trainer": "ghcr.io/labtune/trainer:0.1.0"}
     for pod in pods:
-        assert pod.spec.node_name == settings.node_name
+        assert pod.spec.node_name == node.name
         assert pod.metadata.name in scheduled  # bound by kube-scheduler, not placed by hand
-        assert ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network(settings.pod_cidr)
+        assert ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network(node.settings.pod_cidr)
         assert pod.status.phase == "Succeeded"
+        assert pod.status.container_statuses[0].image in images.values()  # run by containerd
+        assert pod.spec.security_context.run_as_user == 65532
         terminated = pod.status.container_statuses[0].state.terminated
         assert terminated.exit_code == 0
         assert json.loads(terminated.message)  # the summary the operator read
+
+
+def _tuning_job(name: str, knowledge_epochs: int) -> dict[str, Any]:
+    (body,) = [
+        b
+        for b in (yaml.safe_load(p.read_text()) for p in MANIFESTS.glob("*.yaml"))
+        if b["kind"] == "TuningJob"
+    ]
+    body["metadata"]["name"] = name
+    body["spec"]["phases"][0]["epochs"] = knowledge_epochs
+    body["spec"]["output"]["uri"] = f"pvc://labtune-artifacts/models/{name}"
+    return dict(body)
+
+
+def test_deleted_trainer_pod_saves_a_checkpoint_and_the_next_pod_resumes(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState], kubeconfig: Path
+) -> None:
+    """SIGTERM from a pod deletion (as preemption sends it): checkpoint, exit 75, the pod failure policy
+    ignores it, the Job's next pod resumes from the checkpoint, the run succeeds with one restart."""
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "tuningjobs", _tuning_job("preempt", 8))
+    selector = "batch.kubernetes.io/job-name=preempt-train"
+
+    def training() -> client.V1Pod | None:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "tuningjobs", "preempt").get(
+            "status"
+        )
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        stepped = ((status or {}).get("progress") or {}).get("step", 0) >= 1
+        return pods[0] if stepped and pods and pods[0].status.phase == "Running" else None
+
+    first = eventually(training, 600, "the trainer to take its first steps")
+    core.delete_namespaced_pod(first.metadata.name, namespace)
+
+    def done() -> dict[str, Any] | None:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "tuningjobs", "preempt").get(
+            "status"
+        )
+        return status if (status or {}).get("state") in ("Succeeded", "Failed") else None
+
+    status = eventually(done, 900, "the resumed run to finish")
+    assert status["state"] == "Succeeded", status.get("conditions")
+    assert status["restarts"] == 1
+    # The deleted pod is gone from the API; its replacement resumed from the checkpoint it saved.
+    (second,) = core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert second.metadata.name != first.metadata.name
+    assert second.status.phase == "Succeeded"
+    resumed = core.read_namespaced_pod_log(second.metadata.name, namespace)
+    assert "phase knowledge resumes from its checkpoint checkpoint-" in resumed
+
+
+def test_an_image_that_cannot_be_pulled_is_named_on_the_resource(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
+) -> None:
+    """A teacher served by a vLLM sidecar whose image is not on the node (and no registry answers)."""
+    custom = client.CustomObjectsApi(api_client)
+    (body,) = [b for b in _manifests(demo[1]) if b["kind"] == "SyntheticDataRun"]
+    body["metadata"]["name"] = "no-image"
+    body["spec"]["teacher"] = {"model": {"uri": "pvc://labtune-artifacts/models/smollm2-135m-instruct"}}
+    body["spec"]["output"] = "pvc://labtune-artifacts/no-image"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", body)
+
+    def named() -> dict[str, Any] | None:
+        run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", "no-image")
+        ready = condition(run.get("status") or {}, "Ready")
+        return ready if ready.get("reason") in ("ErrImagePull", "ImagePullBackOff") else None
+
+    ready = eventually(named, 120, "the pull failure on the SyntheticDataRun")
+    assert ready["status"] == "False"
+    assert "vllm" in ready["message"]

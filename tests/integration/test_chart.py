@@ -17,8 +17,8 @@ import yaml
 from charttest import CHART, MONITORING, ROOT, helm_template, only
 from kubernetes import client
 
-from labtune.devcluster.tools import MONITORING_CRDS, Tools
 from labtune.operator.cli import operator as operator_cli
+from labtune_dev.tools import MONITORING_CRDS, Tools
 
 NAMESPACED = ("--set", "watchNamespaces={team-a,team-b}")
 
@@ -58,6 +58,7 @@ def test_default_values_render_the_operator_for_every_namespace(tools: Tools) ->
     assert options["namespaces"] == ()
     assert options["trainer_image"] == f"ghcr.io/labtune/trainer:{app_version}"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": options["metrics_port"], "healthz": options["liveness_port"]}
     assert container["resources"]["limits"]["memory"]

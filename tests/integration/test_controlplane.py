@@ -18,8 +18,15 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from labtune.devcluster.binaries import BINARIES, BinariesError, Versions, ensure_binaries, wrapper_go_mod
-from labtune.devcluster.controlplane import ControlPlane, ControlPlaneError
+from labtune_dev.binaries import (
+    BINARIES,
+    CONTROL_PLANE_COMMANDS,
+    BinariesError,
+    Versions,
+    ensure_binaries,
+    wrapper_go_mod,
+)
+from labtune_dev.controlplane import ControlPlane, ControlPlaneError
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -163,7 +170,7 @@ def test_stop_leaves_nothing_behind() -> None:
     plane.start()
     plane.start_controllers()
     pids, directory = plane.pids, plane.directory
-    assert set(pids) == set(BINARIES)
+    assert set(pids) == {*CONTROL_PLANE_COMMANDS, "etcd"}
     assert all(_alive(pid) for pid in pids.values())
     plane.stop()
     assert not [name for name, pid in pids.items() if _alive(pid)]
@@ -188,7 +195,7 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def _labtune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "labtune.devcluster.cli", "controlplane", *args],
+        [sys.executable, "-m", "labtune_dev.cli", "controlplane", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -24,7 +24,7 @@ from charttest import CHART, alert_groups, helm_template, only
 from kubernetes import client
 from kubetest import Cluster, eventually, free_port
 
-from labtune.devcluster.tools import Tools
+from labtune_dev.tools import Tools
 
 ALERTS_TEST = Path(__file__).with_name("alerts_test.yaml")
 # Grafana's variables in the dashboard's queries, as Grafana would fill them in for a 1s scrape.

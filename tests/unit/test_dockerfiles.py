@@ -1,5 +1,5 @@
 """The images' Dockerfiles install the extra whose command the operator runs in them, and run as the
-UID the operator's pods run as. (They are not built here: there is no container runtime.)"""
+UID the operator's pods run as. (tests/integration/test_images.py builds them.)"""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 
 from labtune.cli import main
 from labtune.operator.podspec import JOB_UID
+from labtune_dev.image_requirements import LOCKS_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -27,7 +28,7 @@ class Image:
     dockerfile: str
     extra: str
     commands: tuple[tuple[str, ...], ...]  # `labtune` subcommands run in the image
-    base: str  # what the final stage's FROM must start with
+    base: str  # what the default of the BASE build arg (the FROM) must start with
 
 
 IMAGES = (
@@ -64,12 +65,19 @@ def _args(stage: list[tuple[str, str]], keyword: str) -> list[str]:
 
 @pytest.mark.parametrize("image", IMAGES, ids=lambda image: image.dockerfile)
 def test_installs_the_extra_of_its_commands(image: Image) -> None:
+    assert _args(_instructions(ROOT / image.dockerfile), "ARG")[0].startswith(f"BASE={image.base}")
     stage = _final_stage(ROOT / image.dockerfile)
-    assert _args(stage, "FROM")[0].startswith(image.base)
-    installs = [run for run in _args(stage, "RUN") if "pip install" in run]
-    assert len(installs) == 1
-    assert re.findall(r"\.whl\)\[([a-z,]+)\]", installs[0]) == [image.extra]
+    assert _args(stage, "FROM") == ["${BASE}"]
+    # The extra's pins (tests/unit/test_image_requirements.py: compiled from pyproject.toml), then the
+    # labtune source without dependencies.
     assert image.extra in EXTRAS
+    assert LOCKS_BY_NAME[image.extra].extra == image.extra
+    assert f"images/requirements/{image.extra}.txt /opt/labtune/requirements.txt" in _args(stage, "COPY")
+    pip = "/tmp/pip/bin/pip --python /opt/labtune/bin/python install --no-cache-dir"
+    installs = [run for run in _args(stage, "RUN") if pip in run]
+    assert len(installs) == 2
+    assert f"{pip} -r /opt/labtune/requirements.txt" in installs[0]
+    assert f"{pip} --no-deps /tmp/src" in installs[1]
     for path in image.commands:
         command: click.Command = main
         for name in path:
@@ -82,6 +90,17 @@ def test_runs_as_the_job_uid(image: Image) -> None:
     stage = _final_stage(ROOT / image.dockerfile)
     assert _args(stage, "USER") == [f"{JOB_UID}:{JOB_UID}"]
     assert f"--uid {JOB_UID} --gid {JOB_UID}" in " ".join(_args(stage, "RUN"))
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=lambda image: image.dockerfile)
+def test_dependencies_are_a_layer_before_the_source(image: Image) -> None:
+    # A source change then rebuilds only the layers from the first source COPY on.
+    stage = _final_stage(ROOT / image.dockerfile)
+    installs = [i for i, (kw, rest) in enumerate(stage) if kw == "RUN" and "requirements.txt" in rest]
+    copies = [i for i, (kw, rest) in enumerate(stage) if kw == "COPY" and "/tmp/src" in rest]
+    assert installs
+    assert copies
+    assert max(installs) < min(copies)
 
 
 def test_operator_entrypoint_is_operator_run() -> None:

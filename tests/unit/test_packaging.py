@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,14 @@ def test_built_wheel_installs_and_imports(tmp_path: Path) -> None:
     assert out.stdout.strip().startswith(str(venv))
     cli = subprocess.run([venv / "bin" / "labtune", "--version"], check=True, capture_output=True, text=True)
     assert "labtune, version" in cli.stdout
+    # The dev cluster (dev/, the labtune-dev distribution) is neither in the wheel nor in its CLI.
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if "labtune_dev" in name or "devcluster" in name]
+    commands = subprocess.run(
+        [venv / "bin" / "labtune", "--help"], check=True, capture_output=True, text=True
+    )
+    assert "crds" in commands.stdout
+    assert " dev " not in commands.stdout
 
 
 def test_editable_install_maps_the_folders() -> None:

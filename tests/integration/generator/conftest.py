@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from kubetest import free_port
 
-from labtune.devcluster.gitserver import GitServer
-from labtune.devcluster.gitserver import git_server as serve_git
-from labtune.devcluster.llama import llama_server as start_llama_server
-from labtune.devcluster.models import smollm2_gguf
 from labtune.generator.metrics import GeneratorMetrics
 from labtune.generator.pipeline import packaged_path
 from labtune.generator.teacher_transformers import TransformersTeacher
+from labtune_dev.gitserver import GitServer
+from labtune_dev.gitserver import git_server as serve_git
+from labtune_dev.llama import llama_server as start_llama_server
+from labtune_dev.models import smollm2_gguf
 
 
 def _load_unit_conftest() -> Any:

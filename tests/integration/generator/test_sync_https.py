@@ -14,7 +14,7 @@ import yaml
 from labtune.contract import EXIT_FAILED
 
 if TYPE_CHECKING:
-    from labtune.devcluster.gitserver import GitServer
+    from labtune_dev.gitserver import GitServer
     from tests.unit.generator.conftest import Git, SampleTaxonomy
 
 LABTUNE = str(Path(sys.executable).parent / "labtune")

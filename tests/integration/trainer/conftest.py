@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from labtune.devcluster.models import smollm2_gguf
 from labtune.trainer.gguf_cache import hf_folder
+from labtune_dev.models import smollm2_gguf
 
 SYSTEM = "You are a helpful assistant."
 WORDS = "amber birch cedar dune ember fjord glade heron iris juniper kelp lumen maple nova onyx pebble"

@@ -1,0 +1,405 @@
+"""Builds the operator, generator and trainer images with buildah, with no network inside the builds.
+
+The images' Dockerfiles are the ones users build; here they get a local base (`--build-arg BASE`)
+and the wheelhouse (`--volume`, with pip told by build args to use only it):
+
+- the wheelhouse, $LABTUNE_CACHE/wheelhouse: every wheel images/requirements/*.txt pins, fetched on
+  the host once (HTTPS from inside a build may fail certificate verification on this machine kind);
+- the Debian bases, from `debootstrap --variant=minbase`: "python" (the operator's) and "git" (with
+  git and ssh, so that the generator's Dockerfile runs no apt-get);
+- the torch base: the git base with images/requirements/torch.txt installed into the system python,
+  as the trainer's public PyTorch base has it; the generator and the trainer share it.
+
+Bases are tagged by a digest of their inputs (LABTUNE_DEBIAN_MIRROR overrides the mirror), so a
+second build finds them. Storage (overlay where it works, else vfs) lives in $LABTUNE_CACHE/images,
+never in /var/lib/containers; each built image is exported as an OCI archive (layers stored, not
+compressed) for `ctr images import`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from labtune import __version__
+from labtune_dev.binaries import _build_lock, cache_root, progress
+from labtune_dev.image_requirements import LOCKS, LOCKS_BY_NAME, ROOT, normalize, pins
+
+ImageName = Literal["operator", "generator", "trainer"]
+BaseKind = Literal["python", "git", "torch"]
+IMAGE_NAMES: tuple[ImageName, ...] = get_args(ImageName)
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("LABTUNE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# passwd: the Dockerfiles' useradd (ssh and git want the UID in /etc/passwd).
+DEBIAN_PACKAGES: dict[BaseKind, tuple[str, ...]] = {
+    "python": ("passwd", "python3", "python3-venv"),
+    "git": ("passwd", "python3", "python3-venv", "ca-certificates", "git", "openssh-client"),
+}
+# Part of every base's key: bump it when the steps below change, so that cached bases are rebuilt.
+BASE_RECIPE = "1"
+# What the rootfs needs not: apt's downloads and lists, docs, translations; the runtime provides /dev.
+_TRIMMED = (
+    *("var/cache/apt/archives", "var/lib/apt/lists", "dev"),
+    *("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"),
+)
+_BASE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
+# Into the system python's site-packages (where the PyTorch image's python has torch), with pip from a
+# throwaway venv: Debian's python3 has no pip of its own. torch's console scripts are dropped: the
+# trainer starts `python -m torch.distributed.run`.
+_TORCH_INSTALL = """set -eu
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+python3 -m venv /tmp/pip
+/tmp/pip/bin/pip install --no-cache-dir --no-index --find-links /wheels --no-deps --target "$site" \
+  -r /tmp/torch.txt
+rm -rf /tmp/pip "$site/bin"
+"""
+
+
+class ImageError(RuntimeError):
+    """An image, a base or the wheelhouse cannot be built."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    dockerfile: str  # relative to the repository root, the build context
+    base: BaseKind
+
+
+IMAGES: dict[ImageName, ImageSpec] = {
+    "operator": ImageSpec("Dockerfile", "python"),
+    "generator": ImageSpec("images/generator/Dockerfile", "torch"),
+    "trainer": ImageSpec("images/trainer/Dockerfile", "torch"),
+}
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    name: ImageName
+    tag: str  # what the chart and the operator default to
+    image_id: str
+    size: int  # bytes: the sum of its uncompressed layers
+    archive: Path  # OCI archive of the image, named `tag` inside
+
+
+def image_tag(name: ImageName) -> str:
+    return f"ghcr.io/labtune/{name}:{__version__}"
+
+
+def images_dir() -> Path:
+    return cache_root() / "images"
+
+
+def wheelhouse_dir() -> Path:
+    return cache_root() / "wheelhouse"
+
+
+# --- cache keys (pure) ------------------------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def debian_base_key(suite: str, packages: tuple[str, ...], mirror: str) -> str:
+    return _digest("debootstrap minbase", suite, *sorted(packages), mirror, BASE_RECIPE)
+
+
+def torch_base_key(parent_key: str, torch_requirements: str) -> str:
+    """Keyed by the pins alone: comments and annotations of torch.txt do not matter."""
+    pinned = [f"{name}=={version}" for name, version in sorted(pins(torch_requirements).items())]
+    return _digest("torch base", parent_key, *pinned, BASE_RECIPE)
+
+
+def base_key(kind: BaseKind) -> str:
+    if kind == "torch":
+        return torch_base_key(base_key("git"), LOCKS_BY_NAME["torch"].path.read_text())
+    return debian_base_key(DEBIAN_SUITE, DEBIAN_PACKAGES[kind], DEBIAN_MIRROR)
+
+
+def base_tag(kind: BaseKind) -> str:
+    return f"localhost/labtune-base-{kind}:{base_key(kind)[:16]}"
+
+
+def wheel_pin(filename: str) -> tuple[str, str]:
+    """(normalized name, version) of a wheel file name (PEP 427)."""
+    name, version = filename.removesuffix(".whl").split("-")[:2]
+    return normalize(name), version.lower()
+
+
+def missing_wheels(wanted: dict[str, str], filenames: list[str]) -> dict[str, str]:
+    """The pins of `wanted` that no wheel among `filenames` provides."""
+    present = {wheel_pin(filename) for filename in filenames if filename.endswith(".whl")}
+    return {name: version for name, version in wanted.items() if (name, version.lower()) not in present}
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def _run(step: str, argv: list[str], log: Path) -> str:
+    """Runs a step with its output in `log`; a failure raises naming the step, with the output's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
+    text = log.read_text(errors="replace")
+    if result.returncode != 0:
+        tail = "\n".join(text.splitlines()[-25:])
+        raise ImageError(f"{step} failed (exit {result.returncode}; full output in {log}):\n{tail}")
+    return text
+
+
+def _log(name: str) -> Path:
+    return images_dir() / "logs" / f"{name}.log"
+
+
+def ensure_host_tools() -> None:
+    """Installs buildah and debootstrap from Debian's packages when they are missing."""
+    missing = [tool for tool in ("buildah", "debootstrap") if shutil.which(tool) is None]
+    if missing:
+        progress(f"installing {', '.join(missing)} with apt-get")
+        _run("apt-get update", ["apt-get", "update"], _log("apt-get"))
+        install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+        _run(f"apt-get install {' '.join(missing)}", install, _log("apt-get"))
+
+
+# containers/image (in buildah) run as root writes its blob-info cache to /var/lib/containers/cache,
+# whatever --root says, and no flag moves it: buildah runs in a mount namespace of its own where
+# /var/lib is read-only, and keeps that cache in memory.
+_READ_ONLY_VAR_LIB = 'mount --bind /var/lib /var/lib && mount -o remount,bind,ro /var/lib && exec "$@"'
+
+
+@dataclass(frozen=True)
+class Buildah:
+    """buildah on the storage under $LABTUNE_CACHE/images, with its temporary files there too (an
+    export stages the whole image)."""
+
+    driver: str
+
+    def argv(self, *args: str) -> list[str]:
+        folder = images_dir()
+        root, runroot, tmp = folder / f"storage-{self.driver}", folder / f"run-{self.driver}", folder / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        command = ["env", f"TMPDIR={tmp}", "buildah", "--root", str(root), "--runroot", str(runroot)]
+        command += ["--storage-driver", self.driver, *args]
+        if folder.is_relative_to("/var/lib"):  # a cache there must stay writable
+            return command
+        private = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _READ_ONLY_VAR_LIB, "sh"]
+        return [*private, *command]
+
+    def run(self, step: str, *args: str, log: str) -> str:
+        return _run(step, self.argv(*args), _log(log))
+
+    def has_image(self, name: str) -> bool:
+        argv = self.argv("inspect", "--type", "image", "--format", "{{.FromImageID}}", name)
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+@functools.cache
+def buildah() -> Buildah:
+    """overlay where this kernel and file system allow it, else vfs (which copies every layer)."""
+    ensure_host_tools()
+    for driver in ("overlay", "vfs"):
+        candidate = Buildah(driver)
+        if subprocess.run(candidate.argv("info"), capture_output=True, check=False).returncode == 0:
+            return candidate
+    raise ImageError(f"buildah can use neither overlay nor vfs storage in {images_dir()}: see `buildah info`")
+
+
+# --- wheelhouse -------------------------------------------------------------------------------------
+
+
+def wanted_wheels() -> dict[str, str]:
+    """Every pin of images/requirements/*.txt."""
+    wanted: dict[str, str] = {}
+    for lock in LOCKS:
+        wanted |= pins(lock.path.read_text())
+    return wanted
+
+
+def ensure_wheelhouse() -> Path:
+    """Fetches the wheels the requirement files pin that the wheelhouse lacks (once; torch is GBs)."""
+    folder = wheelhouse_dir()
+    with _build_lock(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        if missing := missing_wheels(wanted_wheels(), [path.name for path in folder.iterdir()]):
+            started = time.monotonic()
+            progress(f"fetching {len(missing)} wheels into {folder}")
+            _fetch(missing, folder)
+            progress(f"fetched {len(missing)} wheels in {time.monotonic() - started:.0f}s")
+        if still := missing_wheels(wanted_wheels(), [path.name for path in folder.iterdir()]):
+            raise ImageError(f"no wheel in {folder} for {', '.join(f'{n}=={v}' for n, v in still.items())}")
+    return folder
+
+
+def uv() -> str:
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if uv is None:
+        raise ImageError("'uv' is not on PATH: run from the project's venv (hack/venv.sh), or set UV")
+    return uv
+
+
+def _fetch(missing: dict[str, str], folder: Path) -> None:
+    """`pip wheel` (a wheel for what PyPI has only as source) into a scratch folder, then moved in: a
+    wheel in the wheelhouse is always complete."""
+    scratch = folder / ".partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    requirements = scratch / "requirements.txt"
+    requirements.write_text("".join(f"{name}=={version}\n" for name, version in sorted(missing.items())))
+    # The wheels are for the images' CPython 3.11, whatever python runs this.
+    argv = [uv(), "tool", "run", "--quiet", "--python", "3.11", "--from", "pip", "pip", "wheel"]
+    argv += ["--no-cache-dir", "--no-deps", "--progress-bar", "off", "--wheel-dir", str(scratch)]
+    _run("fetching wheels (pip wheel)", [*argv, "-r", str(requirements)], _log("wheelhouse"))
+    for wheel in scratch.glob("*.whl"):
+        wheel.replace(folder / wheel.name)
+    shutil.rmtree(scratch)
+
+
+# --- bases ------------------------------------------------------------------------------------------
+
+
+def ensure_base(kind: BaseKind) -> str:
+    """The tag of a local base image, built when no image of its inputs exists (minutes, once)."""
+    tag = base_tag(kind)
+    with _build_lock(images_dir() / f"base-{kind}"):
+        if buildah().has_image(tag):
+            return tag
+        started = time.monotonic()
+        if kind == "torch":
+            _build_torch_base(tag, ensure_base("git"), ensure_wheelhouse())
+        else:
+            _build_debian_base(tag, DEBIAN_PACKAGES[kind])
+        progress(f"built the {kind} base {tag} in {time.monotonic() - started:.0f}s")
+    return tag
+
+
+def _build_debian_base(tag: str, packages: tuple[str, ...]) -> None:
+    work = images_dir() / "rootfs" / tag.rpartition(":")[2]
+    shutil.rmtree(work, ignore_errors=True)
+    rootfs, archive, debs = work / "rootfs", work / "rootfs.tar", images_dir() / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    progress(f"debootstrap {DEBIAN_SUITE} with {', '.join(packages)} (about 2 minutes)")
+    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", f"--cache-dir={debs}"]
+    _run("debootstrap", [*argv, DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR], _log("debootstrap"))
+    _trim(rootfs)
+    # A tar keeps the owners and modes (buildah copy would make every file root's).
+    tar = ["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(archive), "."]
+    _run("tar of the rootfs", tar, _log("tar"))
+    _commit_container(tag, "scratch", lambda container: ["add", container, str(archive), "/"])
+    shutil.rmtree(work)
+
+
+def _trim(rootfs: Path) -> None:
+    for relative in _TRIMMED:
+        for child in (rootfs / relative).iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    # The runtime provides these; debootstrap copied the host's.
+    for name in ("etc/hostname", "etc/resolv.conf"):
+        (rootfs / name).unlink(missing_ok=True)
+
+
+def _build_torch_base(tag: str, parent: str, wheelhouse: Path) -> None:
+    progress(f"installing torch from {wheelhouse} into {parent} (minutes: several GB)")
+    requirements = LOCKS_BY_NAME["torch"].path
+    mounts = ["--volume", f"{wheelhouse}:/wheels:ro", "--volume", f"{requirements}:/tmp/torch.txt:ro"]
+    run = ["run", "--isolation", "chroot", *mounts]
+    _commit_container(tag, parent, lambda container: [*run, container, "--", "sh", "-c", _TORCH_INSTALL])
+
+
+def _commit_container(tag: str, image: str, step: Callable[[str], list[str]]) -> None:
+    """A working container from `image`, one buildah step (its arguments given the container) in it,
+    committed as `tag`."""
+    b = buildah()
+    created = b.run(f"buildah from {image}", "from", "--pull=never", image, log="base")
+    container = created.strip().splitlines()[-1]
+    try:
+        args = step(container)
+        b.run(f"buildah {args[0]} for {tag}", *args, log="base")
+        config = [arg for env in _BASE_ENV for arg in ("--env", env)]
+        b.run("buildah config", "config", *config, "--cmd", "/bin/bash", container, log="base")
+        b.run(f"buildah commit {tag}", "commit", "--rm", container, tag, log="base")
+    except ImageError:
+        subprocess.run(b.argv("rm", container), capture_output=True, check=False)
+        raise
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+def image_name(text: str) -> ImageName:
+    """`text` as an image name, or an error that lists them."""
+    for name in IMAGE_NAMES:
+        if text == name:
+            return name
+    raise ImageError(f"unknown image {text!r}: choose among {', '.join(IMAGE_NAMES)}")
+
+
+def build_image(name: ImageName) -> BuiltImage:
+    """Builds one image from its Dockerfile on its local base, offline, and exports it."""
+    wheelhouse, base = ensure_wheelhouse(), ensure_base(IMAGES[name].base)
+    tag = image_tag(name)
+    with _build_lock(images_dir() / f"image-{name}"):
+        started = time.monotonic()
+        image_id = _bud(name, tag, base, wheelhouse)
+        built = time.monotonic()
+        archive = _export(name, tag, image_id)
+        done = time.monotonic()
+        progress(f"built {tag} ({image_id[:12]}) in {built - started:.0f}s, exported in {done - built:.0f}s")
+    return BuiltImage(name=name, tag=tag, image_id=image_id, size=image_size(image_id), archive=archive)
+
+
+def _bud(name: ImageName, tag: str, base: str, wheelhouse: Path) -> str:
+    """`buildah bud` of the image's Dockerfile, with layers cached; returns the image id."""
+    iidfile = images_dir() / "logs" / f"{name}.iid"
+    iidfile.parent.mkdir(parents=True, exist_ok=True)
+    args = ["bud", "--layers", "--isolation", "chroot", "--pull=never", "--file", IMAGES[name].dockerfile]
+    for build_arg in (f"BASE={base}", "PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels"):
+        args += ["--build-arg", build_arg]
+    args += ["--volume", f"{wheelhouse}:/wheels:ro", "--iidfile", str(iidfile), "--tag", tag, str(ROOT)]
+    progress(f"building {tag} from {IMAGES[name].dockerfile} on {base}")
+    buildah().run(f"buildah bud of {tag}", *args, log=f"build-{name}")
+    return iidfile.read_text().strip().removeprefix("sha256:")
+
+
+def image_size(image_id: str) -> int:
+    """The sum of the image's layers (uncompressed, as stored and exported)."""
+    inspect = ["inspect", "--type", "image", "--format", "{{.Manifest}}", image_id]
+    manifest = json.loads(buildah().run(f"buildah inspect {image_id}", *inspect, log="inspect"))
+    return sum(int(layer["size"]) for layer in manifest["layers"])
+
+
+def archive_path(name: ImageName, image_id: str) -> Path:
+    return images_dir() / "archives" / f"{name}-{image_id[:16]}.oci.tar"
+
+
+def _export(name: ImageName, tag: str, image_id: str) -> Path:
+    """An OCI archive of the image, skipped when that of this image id exists. Those of older builds
+    of the image go first: the torch images' are GBs, and the export stages a whole copy besides."""
+    archive = archive_path(name, image_id)
+    for old in archive.parent.glob(f"{name}-*.oci.tar"):
+        if old != archive:
+            old.unlink()
+    if archive.exists():
+        return archive
+    partial = archive.with_name(f".{archive.name}.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
+    # buildah 1.28 gzips oci-archive layers even with --disable-compression; level 0 only stores
+    # them, which costs less time (the archive stays on this machine).
+    push = ["push", "--quiet", "--compression-format", "gzip", "--compression-level", "0"]
+    push += [image_id, f"oci-archive:{partial}:{tag}"]
+    buildah().run(f"buildah push of {tag} to an OCI archive", *push, log=f"export-{name}")
+    partial.replace(archive)
+    return archive

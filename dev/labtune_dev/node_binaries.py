@@ -1,0 +1,97 @@
+"""Builds (once) or finds what a real node runs, next to the control plane's binaries:
+
+- kubelet and kube-proxy, built with the control plane from `k8s.io/kubernetes` (labtune_dev.binaries),
+- containerd v2 (containerd, containerd-shim-runc-v2, ctr) from the Go module
+  `github.com/containerd/containerd/v2`, and CoreDNS from `github.com/coredns/coredns`, into
+  `$LABTUNE_CACHE/gotools/<name>-<version>/` like the chart's tools,
+- runc, the CNI plugins (bridge, host-local, loopback, portmap), iptables and conntrack from Debian's
+  packages, installed with apt-get when missing (the node runs as root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from labtune_dev.binaries import NODE_COMMANDS, BinariesError, ensure_binaries, missing_binaries, progress
+from labtune_dev.tools import GoCommands, ensure_commands
+
+CONTAINERD_MODULE, CONTAINERD_VERSION = "github.com/containerd/containerd/v2", "v2.4.2"
+COREDNS_MODULE, COREDNS_VERSION = "github.com/coredns/coredns", "v1.14.7"
+# btrfs, devmapper and zfs snapshotters need C headers this machine lacks and the node does not use
+# (it runs overlayfs); containerd's Makefile stamps the version `ctr version` and the CRI report.
+CONTAINERD = GoCommands(
+    "containerd",
+    CONTAINERD_MODULE,
+    CONTAINERD_VERSION,
+    ("cmd/containerd", "cmd/containerd-shim-runc-v2", "cmd/ctr"),
+    (f"{CONTAINERD_MODULE}/version.Version={CONTAINERD_VERSION}",),
+    ("no_btrfs", "no_devmapper", "no_zfs"),
+)
+COREDNS = GoCommands("coredns", COREDNS_MODULE, COREDNS_VERSION, ("",))
+CNI_DIR = Path("/usr/lib/cni")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+# Debian package → a file it installs that the node needs.
+DEBIAN_PACKAGES = {
+    "runc": Path("/usr/sbin/runc"),
+    "containernetworking-plugins": CNI_DIR / "bridge",
+    "iptables": Path("/usr/sbin/iptables"),
+    "conntrack": Path("/usr/sbin/conntrack"),
+}
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Where every program of the node is."""
+
+    kubelet: Path
+    kube_proxy: Path
+    containerd: Path
+    containerd_shim: Path
+    ctr: Path
+    coredns: Path
+    runc: Path
+    cni_dir: Path
+
+    @property
+    def path_dirs(self) -> list[str]:
+        """Folders the node's processes need on PATH (containerd finds its shim, the shim runc)."""
+        return sorted({str(self.containerd.parent), str(self.runc.parent)})
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """Returns the node's programs, building or installing what is missing (minutes, once)."""
+    ensure_debian_packages(DEBIAN_PACKAGES)
+    kube = ensure_binaries()
+    if missing := missing_binaries(kube, NODE_COMMANDS):
+        raise BinariesError(f"{kube} (KUBEBUILDER_ASSETS) lacks {', '.join(missing)}; add them or unset it")
+    containerd, coredns = ensure_commands(CONTAINERD), ensure_commands(COREDNS)
+    return NodeBinaries(
+        kubelet=kube / "kubelet",
+        kube_proxy=kube / "kube-proxy",
+        containerd=containerd / "containerd",
+        containerd_shim=containerd / "containerd-shim-runc-v2",
+        ctr=containerd / "ctr",
+        coredns=coredns / "coredns",
+        runc=DEBIAN_PACKAGES["runc"],
+        cni_dir=CNI_DIR,
+    )
+
+
+def ensure_debian_packages(wanted: dict[str, Path]) -> None:
+    """Installs the Debian packages whose files are missing (root; CI machines start without them)."""
+    missing = sorted(name for name, path in wanted.items() if not path.exists())
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise BinariesError(f"the node needs the Debian packages {' '.join(missing)}; install them as root")
+    progress(f"installing Debian packages {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise BinariesError(f"`{' '.join(command)}` failed (exit {result.returncode}):\n{tail}")
