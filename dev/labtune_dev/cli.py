@@ -1,4 +1,4 @@
-"""`labtune-dev`: local development helpers (a real control plane on this machine)."""
+"""`labtune-dev`: development helpers (a real Kubernetes cluster, the images and the demo, locally)."""
 
 from __future__ import annotations
 
