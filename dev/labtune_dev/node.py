@@ -579,7 +579,11 @@ def _is_ready(core: client.CoreV1Api, name: str) -> bool:
             return False
         raise
     conditions = (node.status.conditions if node.status else None) or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    # kube-controller-manager lifts the not-ready taint a moment after kubelet reports Ready; until
+    # then nothing schedules there.
+    taints = (node.spec.taints if node.spec else None) or []
+    untainted = not any(t.key == "node.kubernetes.io/not-ready" for t in taints)
+    return untainted and any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def _archive_image(archive: Path) -> tuple[str, str]:
