@@ -239,3 +239,22 @@ def _go(args: list[str], cwd: Path, env: dict[str, str]) -> str:
         tail = "\n".join(result.stderr.splitlines()[-30:])
         raise BinariesError(f"`go {' '.join(args)}` failed (exit {result.returncode}) in {cwd}:\n{tail}")
     return result.stdout
+
+
+def ensure_debian_packages(wanted: dict[str, Path], needed_by: str) -> None:
+    """Installs the Debian packages (name → a file it installs) whose files are missing (root; CI
+    machines start without them)."""
+    missing = sorted(name for name, path in wanted.items() if not path.exists())
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise BinariesError(
+            f"{needed_by} needs the Debian packages {' '.join(missing)}; install them as root"
+        )
+    progress(f"installing Debian packages {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise BinariesError(f"`{' '.join(command)}` failed (exit {result.returncode}):\n{tail}")

@@ -29,6 +29,7 @@ from labtune_dev.images import IMAGES, build_image
 from labtune_dev.llama import llama_server
 from labtune_dev.models import smollm2_gguf
 from labtune_dev.node import load_image
+from labtune_dev.processes import run_step
 from labtune_dev.tools import ensure_tools
 
 CLAIM = "labtune-artifacts"
@@ -213,21 +214,13 @@ def helm_release(settings: DemoSettings, tags: dict[str, str], log: Path) -> Ite
     ]
     for value in values:
         command += ["--set", value]
-    _run_logged(command, env, log)
+    run_step("helm install of the operator's chart", command, log, RuntimeError, env)
     try:
         yield
     finally:
         subprocess.run(
             [*base, "uninstall", settings.release, "--wait"], env=env, capture_output=True, check=False
         )
-
-
-def _run_logged(command: list[str], env: dict[str, str], log: Path) -> None:
-    with log.open("ab") as out:
-        result = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"`{' '.join(command[:4])} …` failed (exit {result.returncode}); {log}:\n{tail}")
 
 
 @contextmanager

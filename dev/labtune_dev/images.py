@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from labtune import __version__
-from labtune_dev.binaries import _build_lock, cache_root, progress
+from labtune_dev.binaries import _build_lock, cache_root, ensure_debian_packages, progress
 from labtune_dev.image_requirements import LOCKS, LOCKS_BY_NAME, ROOT, normalize, pins
+from labtune_dev.processes import run_step
 
 ImageName = Literal["operator", "generator", "trainer"]
 BaseKind = Literal["python", "git", "torch"]
@@ -146,15 +147,7 @@ def missing_wheels(wanted: dict[str, str], filenames: list[str]) -> dict[str, st
 
 
 def _run(step: str, argv: list[str], log: Path) -> str:
-    """Runs a step with its output in `log`; a failure raises naming the step, with the output's tail."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
-    text = log.read_text(errors="replace")
-    if result.returncode != 0:
-        tail = "\n".join(text.splitlines()[-25:])
-        raise ImageError(f"{step} failed (exit {result.returncode}; full output in {log}):\n{tail}")
-    return text
+    return run_step(step, argv, log, ImageError)
 
 
 def _log(name: str) -> Path:
@@ -162,13 +155,9 @@ def _log(name: str) -> Path:
 
 
 def ensure_host_tools() -> None:
-    """Installs buildah and debootstrap from Debian's packages when they are missing."""
-    missing = [tool for tool in ("buildah", "debootstrap") if shutil.which(tool) is None]
-    if missing:
-        progress(f"installing {', '.join(missing)} with apt-get")
-        _run("apt-get update", ["apt-get", "update"], _log("apt-get"))
-        install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-        _run(f"apt-get install {' '.join(missing)}", install, _log("apt-get"))
+    """buildah and debootstrap, from Debian's packages when they are missing."""
+    wanted = {"buildah": Path("/usr/bin/buildah"), "debootstrap": Path("/usr/sbin/debootstrap")}
+    ensure_debian_packages(wanted, "building the images")
 
 
 # containers/image (in buildah) run as root writes its blob-info cache to /var/lib/containers/cache,

@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from labtune_dev.binaries import NODE_COMMANDS, BinariesError, ensure_binaries, missing_binaries, progress
+from labtune_dev.binaries import (
+    NODE_COMMANDS,
+    BinariesError,
+    ensure_binaries,
+    ensure_debian_packages,
+    missing_binaries,
+)
 from labtune_dev.tools import GoCommands, ensure_commands
 
 CONTAINERD_MODULE, CONTAINERD_VERSION = "github.com/containerd/containerd/v2", "v2.4.2"
@@ -64,7 +67,7 @@ class NodeBinaries:
 
 def ensure_node_binaries() -> NodeBinaries:
     """Returns the node's programs, building or installing what is missing (minutes, once)."""
-    ensure_debian_packages(DEBIAN_PACKAGES)
+    ensure_debian_packages(DEBIAN_PACKAGES, "the node")
     kube = ensure_binaries()
     if missing := missing_binaries(kube, NODE_COMMANDS):
         raise BinariesError(f"{kube} (KUBEBUILDER_ASSETS) lacks {', '.join(missing)}; add them or unset it")
@@ -79,19 +82,3 @@ def ensure_node_binaries() -> NodeBinaries:
         runc=DEBIAN_PACKAGES["runc"],
         cni_dir=CNI_DIR,
     )
-
-
-def ensure_debian_packages(wanted: dict[str, Path]) -> None:
-    """Installs the Debian packages whose files are missing (root; CI machines start without them)."""
-    missing = sorted(name for name, path in wanted.items() if not path.exists())
-    if not missing:
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise BinariesError(f"the node needs the Debian packages {' '.join(missing)}; install them as root")
-    progress(f"installing Debian packages {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise BinariesError(f"`{' '.join(command)}` failed (exit {result.returncode}):\n{tail}")

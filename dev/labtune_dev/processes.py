@@ -70,6 +70,24 @@ def wait_healthy(
     raise error(f"{process.name} exited with code {returncode}{log_tail(process.log)}")
 
 
+def run_step(
+    step: str, argv: list[str], log: Path, error: type[Exception], env: Mapping[str, str] | None = None
+) -> str:
+    """Runs one step to completion with its output in `log` and returns that output; a failure raises
+    `error` naming the step, with the output's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        result = subprocess.run(
+            argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    text = log.read_text(errors="replace")
+    if result.returncode != 0:
+        tail = "\n".join(text.splitlines()[-25:])
+        raise error(f"{step} failed (exit {result.returncode}; full output in {log}):\n{tail}")
+    return text
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
