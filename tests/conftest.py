@@ -11,6 +11,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from labtune_dev.controlplane import ControlPlane
 from labtune_dev.images import IMAGES, build_image
 from labtune_dev.node import Node, ensure_bridge, remove_bridge
 from labtune_dev.node_binaries import ensure_node_binaries
-from labtune_dev.pause_image import ensure_pause_archive
+from labtune_dev.pause_image import pause_image
 from labtune_dev.tools import Tools, ensure_tools
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
@@ -39,21 +40,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Builds the binaries and tools (minutes, once) before any test runs, outside the per-test timeout."""
-    wanted = any(item.get_closest_marker("integration") for item in session.items)
-    if wanted and not session.config.option.collectonly and not _use_existing_cluster():
-        ensure_binaries()
-    node_wanted = any("node" in getattr(item, "fixturenames", ()) for item in session.items)
-    if node_wanted and not session.config.option.collectonly and _can_run_node():
-        ensure_node_binaries()
-        ensure_pause_archive()
-    images_wanted = any("demo" in getattr(item, "fixturenames", ()) for item in session.items)
-    if images_wanted and not session.config.option.collectonly and _can_run_node():
-        for name in IMAGES:  # the project's images, built from its Dockerfiles (cached layers)
-            build_image(name)
-    tools_wanted = any("tools" in getattr(item, "fixturenames", ()) for item in session.items)
-    if tools_wanted and not session.config.option.collectonly:
-        ensure_tools()
+    """Builds the binaries, images and tools (minutes, once) before any test runs, outside the per-test
+    timeout. The Go builds (CPU) and the image builds (downloads, disk) run side by side: on a cold
+    cache that shortens the set-up by the images' share."""
+    if session.config.option.collectonly:
+        return
+
+    def uses(fixture: str) -> bool:
+        return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+
+    def cluster() -> None:
+        if (
+            any(item.get_closest_marker("integration") for item in session.items)
+            and not _use_existing_cluster()
+        ):
+            ensure_binaries()
+        if uses("node") and _can_run_node():
+            ensure_node_binaries()
+            pause_image()
+        if uses("tools"):
+            ensure_tools()
+
+    def images() -> None:
+        if (uses("demo") or uses("built")) and _can_run_node():
+            for name in IMAGES:  # the project's images, built from its Dockerfiles (cached layers)
+                build_image(name)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for job in [pool.submit(cluster), pool.submit(images)]:
+            job.result()
 
 
 @pytest.fixture(scope="session")

@@ -243,17 +243,26 @@ def _go(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 def ensure_debian_packages(wanted: dict[str, Path], needed_by: str) -> None:
     """Installs the Debian packages (name → a file it installs) whose files are missing (root; CI
-    machines start without them)."""
-    missing = sorted(name for name, path in wanted.items() if not path.exists())
-    if not missing:
+    machines start without them). One install at a time: apt-get fails at once on another's lock."""
+    if not (missing := _missing_packages(wanted)):
         return
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         raise BinariesError(
             f"{needed_by} needs the Debian packages {' '.join(missing)}; install them as root"
         )
-    progress(f"installing Debian packages {' '.join(missing)}")
+    with _build_lock(cache_root() / "apt-get"):
+        if missing := _missing_packages(wanted):
+            _apt_get_install(missing)
+
+
+def _missing_packages(wanted: dict[str, Path]) -> list[str]:
+    return sorted(name for name, path in wanted.items() if not path.exists())
+
+
+def _apt_get_install(packages: list[str]) -> None:
+    progress(f"installing Debian packages {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])

@@ -199,17 +199,32 @@ def images() -> None:
 @images.command("build")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 def images_build(names: tuple[str, ...]) -> None:
-    """Build the images (operator, generator, trainer; all by default) and their OCI archives, and
-    print one line per image: tag, size, archive (for `ctr -n k8s.io images import`)."""
+    """Build the images (operator, generator, trainer; all by default) and print one line per image:
+    tag, size, image id."""
     from labtune_dev import images as builder
 
     try:
         wanted = [builder.image_name(name) for name in names] or list(builder.IMAGE_NAMES)
         for name in wanted:
             built = builder.build_image(name)
-            click.echo(f"{built.tag}\t{built.size / 1e6:.0f} MB\t{built.archive}")
+            click.echo(f"{built.tag}\t{built.size / 1e6:.0f} MB\t{built.image_id}")
     except builder.ImageError as error:
         raise click.ClickException(str(error)) from error
+
+
+@images.command("save")
+@click.argument("name")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+def images_save(name: str, archive: Path) -> None:
+    """Build the image NAME (cached layers) and write it to ARCHIVE as an OCI archive, for
+    `ctr -n k8s.io images import ARCHIVE` on another node."""
+    from labtune_dev import images as builder
+
+    try:
+        builder.save_image(builder.build_image(builder.image_name(name)), archive)
+    except builder.ImageError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(archive)
 
 
 @images.command("lock")

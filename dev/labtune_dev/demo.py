@@ -176,7 +176,7 @@ def load_images(node_dir: Path) -> dict[str, str]:
     tags: dict[str, str] = {}
     for name in IMAGES:
         built = build_image(name)
-        load_image(node_dir, built.archive)
+        load_image(node_dir, built.oci)
         tags[name] = built.tag
     return tags
 

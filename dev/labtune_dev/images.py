@@ -12,15 +12,15 @@ and the wheelhouse (`--volume`, with pip told by build args to use only it):
 
 Bases are tagged by a digest of their inputs (LABTUNE_DEBIAN_MIRROR overrides the mirror), so a
 second build finds them. Storage (overlay where it works, else vfs) lives in $LABTUNE_CACHE/images,
-never in /var/lib/containers; each built image is exported as an OCI archive (layers stored, not
-compressed) for `ctr images import`.
+never in /var/lib/containers. A built image is read from that storage as an OCI image
+(labtune_dev.buildah_storage), which the node imports as a stream (labtune_dev.oci), or `save` writes
+as an OCI archive.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +32,9 @@ from typing import Literal, get_args
 
 from labtune import __version__
 from labtune_dev.binaries import _build_lock, cache_root, ensure_debian_packages, progress
+from labtune_dev.buildah_storage import stored_image
 from labtune_dev.image_requirements import LOCKS, LOCKS_BY_NAME, ROOT, normalize, pins
+from labtune_dev.oci import OciError, OciImage
 from labtune_dev.processes import run_step
 
 ImageName = Literal["operator", "generator", "trainer"]
@@ -88,8 +90,12 @@ class BuiltImage:
     name: ImageName
     tag: str  # what the chart and the operator default to
     image_id: str
-    size: int  # bytes: the sum of its uncompressed layers
-    archive: Path  # OCI archive of the image, named `tag` inside
+    oci: OciImage  # named `tag`, read from buildah's storage
+
+    @property
+    def size(self) -> int:
+        """Bytes: the sum of its uncompressed layers."""
+        return self.oci.size
 
 
 def image_tag(name: ImageName) -> str:
@@ -168,14 +174,17 @@ _READ_ONLY_VAR_LIB = 'mount --bind /var/lib /var/lib && mount -o remount,bind,ro
 
 @dataclass(frozen=True)
 class Buildah:
-    """buildah on the storage under $LABTUNE_CACHE/images, with its temporary files there too (an
-    export stages the whole image)."""
+    """buildah on the storage under $LABTUNE_CACHE/images, with its temporary files there too."""
 
     driver: str
 
+    @property
+    def storage(self) -> Path:
+        return images_dir() / f"storage-{self.driver}"
+
     def argv(self, *args: str) -> list[str]:
         folder = images_dir()
-        root, runroot, tmp = folder / f"storage-{self.driver}", folder / f"run-{self.driver}", folder / "tmp"
+        root, runroot, tmp = self.storage, folder / f"run-{self.driver}", folder / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         command = ["env", f"TMPDIR={tmp}", "buildah", "--root", str(root), "--runroot", str(runroot)]
         command += ["--storage-driver", self.driver, *args]
@@ -336,17 +345,27 @@ def image_name(text: str) -> ImageName:
 
 
 def build_image(name: ImageName) -> BuiltImage:
-    """Builds one image from its Dockerfile on its local base, offline, and exports it."""
+    """Builds one image from its Dockerfile on its local base, offline."""
     wheelhouse, base = ensure_wheelhouse(), ensure_base(IMAGES[name].base)
     tag = image_tag(name)
     with _build_lock(images_dir() / f"image-{name}"):
         started = time.monotonic()
         image_id = _bud(name, tag, base, wheelhouse)
-        built = time.monotonic()
-        archive = _export(name, tag, image_id)
-        done = time.monotonic()
-        progress(f"built {tag} ({image_id[:12]}) in {built - started:.0f}s, exported in {done - built:.0f}s")
-    return BuiltImage(name=name, tag=tag, image_id=image_id, size=image_size(image_id), archive=archive)
+        progress(f"built {tag} ({image_id[:12]}) in {time.monotonic() - started:.0f}s")
+    b = buildah()
+    try:
+        oci = stored_image(b.storage, b.driver, image_id, tag)
+    except OciError as error:
+        raise ImageError(f"buildah's storage does not hold {tag} as expected: {error}") from error
+    return BuiltImage(name=name, tag=tag, image_id=image_id, oci=oci)
+
+
+def save_image(image: BuiltImage, archive: Path) -> None:
+    """Writes the image as an OCI archive (`ctr images import`, `skopeo copy oci-archive:`)."""
+    partial = archive.with_name(f".{archive.name}.partial")
+    with partial.open("wb") as out:
+        image.oci.write_layout(out)
+    partial.replace(archive)
 
 
 def _bud(name: ImageName, tag: str, base: str, wheelhouse: Path) -> str:
@@ -360,35 +379,3 @@ def _bud(name: ImageName, tag: str, base: str, wheelhouse: Path) -> str:
     progress(f"building {tag} from {IMAGES[name].dockerfile} on {base}")
     buildah().run(f"buildah bud of {tag}", *args, log=f"build-{name}")
     return iidfile.read_text().strip().removeprefix("sha256:")
-
-
-def image_size(image_id: str) -> int:
-    """The sum of the image's layers (uncompressed, as stored and exported)."""
-    inspect = ["inspect", "--type", "image", "--format", "{{.Manifest}}", image_id]
-    manifest = json.loads(buildah().run(f"buildah inspect {image_id}", *inspect, log="inspect"))
-    return sum(int(layer["size"]) for layer in manifest["layers"])
-
-
-def archive_path(name: ImageName, image_id: str) -> Path:
-    return images_dir() / "archives" / f"{name}-{image_id[:16]}.oci.tar"
-
-
-def _export(name: ImageName, tag: str, image_id: str) -> Path:
-    """An OCI archive of the image, skipped when that of this image id exists. Those of older builds
-    of the image go first: the torch images' are GBs, and the export stages a whole copy besides."""
-    archive = archive_path(name, image_id)
-    for old in archive.parent.glob(f"{name}-*.oci.tar"):
-        if old != archive:
-            old.unlink()
-    if archive.exists():
-        return archive
-    partial = archive.with_name(f".{archive.name}.partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.unlink(missing_ok=True)
-    # buildah 1.28 gzips oci-archive layers even with --disable-compression; level 0 only stores
-    # them, which costs less time (the archive stays on this machine).
-    push = ["push", "--quiet", "--compression-format", "gzip", "--compression-level", "0"]
-    push += [image_id, f"oci-archive:{partial}:{tag}"]
-    buildah().run(f"buildah push of {tag} to an OCI archive", *push, log=f"export-{name}")
-    partial.replace(archive)
-    return archive

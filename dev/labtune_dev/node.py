@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +36,8 @@ from pydantic import BaseModel
 from labtune_dev import certs
 from labtune_dev.binaries import cache_root, progress
 from labtune_dev.node_binaries import CONTAINERD, NodeBinaries, ensure_node_binaries
-from labtune_dev.pause_image import PAUSE_IMAGE, ensure_pause_archive
+from labtune_dev.oci import OciError, OciImage
+from labtune_dev.pause_image import PAUSE_IMAGE, pause_image
 from labtune_dev.processes import Process, free_port, launch, log_tail, probe, terminate, wait_healthy
 from labtune_dev.tools import ensure_commands
 
@@ -126,7 +126,7 @@ class Node:
 
     def start(self) -> None:
         binaries = self._binaries = ensure_node_binaries()
-        pause = ensure_pause_archive()
+        pause = pause_image()
         started = time.monotonic()
         self._dir = Path(tempfile.mkdtemp(prefix="labtune-node-"))
         try:
@@ -149,9 +149,13 @@ class Node:
     def exited(self) -> list[str]:
         return [process.name for process in self._processes if process.popen.poll() is not None]
 
-    def load_image(self, archive: Path) -> None:
-        """Imports an OCI archive into the CRI's image store, unless that very image is there."""
-        load_image(self.directory, archive)
+    def load_image(self, image: OciImage) -> None:
+        """Imports an image into the CRI's image store, unless that very image is there."""
+        load_image(self.directory, image)
+
+    def remove_image(self, name: str) -> None:
+        """Removes the image named `name` from the CRI's image store (its blobs go with the next GC)."""
+        _ctr(self.directory, "images", "rm", name)
 
     def stop(self) -> None:
         """Stops everything the node started and removes its files. Idempotent."""
@@ -538,15 +542,36 @@ _COREFILE = """.:53 {{
 """
 
 
-def load_image(node_dir: Path, archive: Path) -> None:
-    """Imports an OCI archive into the CRI image store of the node in `node_dir` (also from another
-    process than the node's, e.g. the demo), unless that very image is there."""
-    name, digest = _archive_image(archive)
-    if _image_digest(node_dir, name) == digest:
+def load_image(node_dir: Path, image: OciImage) -> None:
+    """Imports an image into the CRI image store of the node in `node_dir` (also from another process
+    than the node's, e.g. the demo), unless that very image is there: its image layout is streamed
+    into `ctr images import`, without the layers containerd has."""
+    if _image_digest(node_dir, image.name) == image.manifest_digest:
         return
     started = time.monotonic()
-    _ctr(node_dir, "images", "import", "--snapshotter", "overlayfs", str(archive))
-    progress(f"loaded {name} into the node in {time.monotonic() - started:.1f}s")
+    have = set(_ctr(node_dir, "content", "ls", "--quiet").split())
+    command = _ctr_argv(node_dir, "images", "import", "--snapshotter", "overlayfs", "-")
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT)
+        assert process.stdin is not None  # stdin=PIPE
+        try:
+            sent = image.write_layout(process.stdin, skip=have)
+            process.stdin.close()
+        except BrokenPipeError:
+            sent = 0  # ctr stopped reading: its exit status and output say why
+        except BaseException as error:
+            process.kill()
+            process.wait()
+            if isinstance(error, OciError):
+                raise NodeError(f"cannot load {image.name}: {error}") from error
+            raise
+        returncode = process.wait()
+        output.seek(0)
+        said = output.read().decode(errors="replace").strip()
+    if returncode != 0:
+        raise NodeError(f"`ctr images import` of {image.name} failed (exit {returncode}): {said[-2000:]}")
+    seconds = time.monotonic() - started
+    progress(f"loaded {image.name} into the node in {seconds:.1f}s ({sent / 1e6:.0f} MB of new layers)")
 
 
 def _ctr(node_dir: Path, *args: str) -> str:
@@ -557,10 +582,13 @@ def _ctr(node_dir: Path, *args: str) -> str:
 
 
 def _ctr_run(node_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_ctr_argv(node_dir, *args), capture_output=True, text=True, check=False)
+
+
+def _ctr_argv(node_dir: Path, *args: str) -> list[str]:
     ctr = ensure_commands(CONTAINERD) / "ctr"
     socket = node_dir / "containerd" / "containerd.sock"
-    command = [str(ctr), "--address", str(socket), "--namespace", K8S_NAMESPACE, *args]
-    return subprocess.run(command, capture_output=True, text=True, check=False)
+    return [str(ctr), "--address", str(socket), "--namespace", K8S_NAMESPACE, *args]
 
 
 def _image_digest(node_dir: Path, name: str) -> str | None:
@@ -584,21 +612,6 @@ def _is_ready(core: client.CoreV1Api, name: str) -> bool:
     taints = (node.spec.taints if node.spec else None) or []
     untainted = not any(t.key == "node.kubernetes.io/not-ready" for t in taints)
     return untainted and any(c.type == "Ready" and c.status == "True" for c in conditions)
-
-
-def _archive_image(archive: Path) -> tuple[str, str]:
-    """The image name and manifest digest an OCI archive's index names."""
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile("index.json")
-        if member is None:
-            raise NodeError(f"{archive} is not an OCI archive (no index.json)")
-        index = json.load(member)
-    (manifest,) = index["manifests"]
-    annotations = manifest.get("annotations", {})
-    name = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
-    if not name:
-        raise NodeError(f"{archive} does not name its image (annotation org.opencontainers.image.ref.name)")
-    return str(name), str(manifest["digest"])
 
 
 def _unmount_below(folder: Path) -> None:

@@ -4,16 +4,18 @@ use the torch of their shared base. Minutes once (bases, torch); seconds on a wa
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
-import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from labtune.operator.podspec import JOB_UID
-from labtune_dev.images import IMAGE_NAMES, BuiltImage, build_image, buildah
+from labtune_dev.images import IMAGE_NAMES, BuiltImage, build_image, buildah, save_image
+from labtune_dev.oci import layout_image
 
 # A cold cache builds the bases and fetches torch (GBs) first.
 pytestmark = [
@@ -60,14 +62,21 @@ def _config(image: BuiltImage) -> dict[str, object]:
     return config
 
 
-def test_tags_and_archives(built: dict[str, BuiltImage]) -> None:
+def test_tags_and_oci_archive(built: dict[str, BuiltImage], tmp_path: Path) -> None:
+    """The images read from buildah's storage are exact: every layer put back together from its
+    tar-split matches its digest (write_layout checks), and `save` writes an archive naming the tag."""
     for name, image in built.items():
         assert image.tag == f"ghcr.io/labtune/{name}:0.1.0"
-        with tarfile.open(image.archive) as archive:
-            index = archive.extractfile("index.json")
-            assert index is not None
-            (manifest,) = json.load(index)["manifests"]
-        assert manifest["annotations"]["org.opencontainers.image.ref.name"] == image.tag
+    archive = tmp_path / "operator.oci.tar"
+    save_image(built["operator"], archive)
+    with archive.open("rb") as layout:
+        assert layout_image(layout) == (built["operator"].tag, built["operator"].oci.manifest_digest)
+    for name in ("generator", "trainer"):  # all but their GB layers (the base, torch, dependencies)
+        oci = built[name].oci
+        big = {layer.digest for layer in oci.layers if layer.size > 100_000_000}
+        assert oci.write_layout(io.BytesIO(), skip=big) == oci.size - sum(
+            layer.size for layer in oci.layers if layer.digest in big
+        )
 
 
 def test_operator_image_is_small_and_has_no_dev_tooling_nor_ml(

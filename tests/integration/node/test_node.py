@@ -19,19 +19,18 @@ from kubetest import eventually
 
 from labtune_dev.binaries import ensure_debian_packages
 from labtune_dev.node import GPU_RESOURCE, Node
-from labtune_dev.pause_image import oci_archive
+from labtune_dev.oci import image_from_files
 
 BUSYBOX_IMAGE = "labtune.local/busybox:test"
 BUSYBOX = Path("/bin/busybox")
 
 
 @pytest.fixture(scope="module")
-def busybox(node: Node, tmp_path_factory: pytest.TempPathFactory) -> str:
+def busybox(node: Node) -> str:
     """Debian's static busybox as a one-file image, loaded into the node."""
     ensure_debian_packages({"busybox-static": BUSYBOX}, "the node tests")
-    archive = tmp_path_factory.mktemp("images") / "busybox.oci.tar"
-    archive.write_bytes(oci_archive(BUSYBOX_IMAGE, {"bin/busybox": BUSYBOX.read_bytes()}, ["/bin/busybox"]))
-    node.load_image(archive)
+    files = {"bin/busybox": BUSYBOX.read_bytes()}
+    node.load_image(image_from_files(BUSYBOX_IMAGE, files, ["/bin/busybox"], user="65532:65532"))
     return BUSYBOX_IMAGE
 
 
