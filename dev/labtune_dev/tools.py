@@ -46,6 +46,9 @@ class GoCommands:
     packages: tuple[str, ...]  # under the module ("" for its root); the command is the last path element
     stamps: tuple[str, ...] = ()  # `-X package.var=value` link-time settings, as the module's Makefile sets
     tags: tuple[str, ...] = ()  # build tags
+    # The Go source of a main package that replaces the module's own (one package, ""): built in a
+    # wrapper module that requires the module at the version, e.g. to link fewer plugins.
+    main: str = ""
 
     @property
     def commands(self) -> tuple[str, ...]:
@@ -136,10 +139,27 @@ def _install(spec: GoCommands, out: Path) -> None:
         env = {**os.environ, "GOBIN": str(staging), "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
         ldflags = " ".join(["-s", "-w", *(f"-X {stamp}" for stamp in spec.stamps)])
         tags = ["-tags", ",".join(spec.tags)] if spec.tags else []
-        _go(["install", "-trimpath", *tags, "-ldflags", ldflags, *spec.targets], Path(work), env)
+        flags = ["-trimpath", *tags, "-ldflags", ldflags]
+        if spec.main:
+            _build_wrapper(spec, Path(work) / "main", staging, flags, env)
+        else:
+            _go(["install", *flags, *spec.targets], Path(work), env)
         shutil.rmtree(out, ignore_errors=True)
         staging.replace(out)
     progress(f"built {', '.join(spec.commands)} in {time.monotonic() - started:.0f}s into {out}")
+
+
+def _build_wrapper(
+    spec: GoCommands, work: Path, staging: Path, flags: list[str], env: dict[str, str]
+) -> None:
+    """`spec.main` as the main package of a module requiring spec.module at spec.version."""
+    work.mkdir()
+    _go(["mod", "init", f"labtune.local/{spec.name}"], work, env)
+    (work / "main.go").write_text(spec.main)
+    _go(["get", f"{spec.module}@{spec.version}"], work, env)
+    _go(["mod", "tidy"], work, env)
+    (command,) = spec.commands
+    _go(["build", *flags, "-o", str(staging / command), "."], work, env)
 
 
 def _ensure_monitoring_crds() -> Path:
