@@ -20,12 +20,16 @@ from kubernetes import client
 from kubetest import condition, eventually
 
 from labtune.api import GROUP, VERSION
+from labtune.operator.settings import OperatorSettings
+from labtune_dev.binaries import ensure_debian_packages
 from labtune_dev.demo import DemoSettings, DemoState, demo_environment
 from labtune_dev.node import Node
+from labtune_dev.oci import image_from_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples/demo/manifests"
+BUSYBOX = Path("/bin/busybox")
 PLURALS = {"Taxonomy": "taxonomies", "SyntheticDataRun": "syntheticdataruns", "TuningJob": "tuningjobs"}
 
 
@@ -216,22 +220,52 @@ def test_deleted_trainer_pod_saves_a_checkpoint_and_the_next_pod_resumes(
     assert "phase knowledge resumes from its checkpoint checkpoint-" in resumed
 
 
+def _vllm_teacher_run_is_named(
+    api_client: client.ApiClient, namespace: str, state: DemoState, name: str, reasons: tuple[str, ...]
+) -> dict[str, Any]:
+    """Creates a SyntheticDataRun whose teacher is a vLLM sidecar; returns its Ready condition once
+    its reason is one of `reasons`."""
+    custom = client.CustomObjectsApi(api_client)
+    (body,) = [b for b in _manifests(state) if b["kind"] == "SyntheticDataRun"]
+    body["metadata"]["name"] = name
+    body["spec"]["teacher"] = {"model": {"uri": "pvc://labtune-artifacts/models/smollm2-135m-instruct"}}
+    body["spec"]["output"] = f"pvc://labtune-artifacts/{name}"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", body)
+
+    def named() -> dict[str, Any] | None:
+        run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", name)
+        ready = condition(run.get("status") or {}, "Ready")
+        return ready if ready.get("reason") in reasons else None
+
+    ready: dict[str, Any] = eventually(named, 180, f"{' or '.join(reasons)} on the SyntheticDataRun")
+    assert ready["status"] == "False"
+    return ready
+
+
 def test_an_image_that_cannot_be_pulled_is_named_on_the_resource(
     api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
 ) -> None:
     """A teacher served by a vLLM sidecar whose image is not on the node (and no registry answers)."""
-    custom = client.CustomObjectsApi(api_client)
-    (body,) = [b for b in _manifests(demo[1]) if b["kind"] == "SyntheticDataRun"]
-    body["metadata"]["name"] = "no-image"
-    body["spec"]["teacher"] = {"model": {"uri": "pvc://labtune-artifacts/models/smollm2-135m-instruct"}}
-    body["spec"]["output"] = "pvc://labtune-artifacts/no-image"
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", body)
-
-    def named() -> dict[str, Any] | None:
-        run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", "no-image")
-        ready = condition(run.get("status") or {}, "Ready")
-        return ready if ready.get("reason") in ("ErrImagePull", "ImagePullBackOff") else None
-
-    ready = eventually(named, 120, "the pull failure on the SyntheticDataRun")
-    assert ready["status"] == "False"
+    reasons = ("ErrImagePull", "ImagePullBackOff")
+    ready = _vllm_teacher_run_is_named(api_client, namespace, demo[1], "no-image", reasons)
     assert "vllm" in ready["message"]
+
+
+@pytest.fixture
+def crashing_vllm(node: Node) -> Iterator[str]:
+    """The vLLM image the operator names, as an image whose server exits at once (busybox `false`)."""
+    image = OperatorSettings().vllm_image
+    ensure_debian_packages({"busybox-static": BUSYBOX}, "the e2e tests")
+    files = {"bin/busybox": BUSYBOX.read_bytes()}
+    node.load_image(image_from_files(image, files, ["/bin/busybox", "false"], user="65532:65532"))
+    yield image
+    node.remove_image(image)  # the pull test expects it absent
+
+
+def test_a_crash_looping_teacher_is_named_on_the_resource(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState], crashing_vllm: str
+) -> None:
+    """The vLLM sidecar (restartPolicy Always) exits 1 at every start: kubelet backs off, and the
+    SyntheticDataRun says so instead of waiting for a teacher that never answers."""
+    ready = _vllm_teacher_run_is_named(api_client, namespace, demo[1], "crash-loop", ("CrashLoopBackOff",))
+    assert "teacher" in ready["message"]
