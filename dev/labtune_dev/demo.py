@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from labtune_dev.llama import llama_server
 from labtune_dev.models import smollm2_gguf
 from labtune_dev.node import load_image
 from labtune_dev.processes import run_step
-from labtune_dev.tools import ensure_tools
+from labtune_dev.tools import HELM, ensure_commands
 
 CLAIM = "labtune-artifacts"
 BASE_MODEL_PATH = "models/smollm2-135m-instruct"
@@ -182,9 +183,8 @@ def load_images(node_dir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def helm_release(settings: DemoSettings, tags: dict[str, str], log: Path) -> Iterator[None]:
+def helm_release(settings: DemoSettings, helm: str, tags: dict[str, str], log: Path) -> Iterator[None]:
     """`helm install` of the chart with the images built here, until the block ends (`helm uninstall`)."""
-    helm = str(ensure_tools().helm)
     env = {**os.environ, "KUBECONFIG": str(settings.kubeconfig)}
 
     def repository(name: str) -> str:
@@ -231,8 +231,10 @@ def demo_environment(settings: DemoSettings) -> Iterator[DemoState]:
     logs = {name: state_dir / f"{name}.log" for name in ("helm", "teacher")}
     host = settings.node_address
     api: client.ApiClient = config.new_client_from_config(config_file=str(settings.kubeconfig))  # type: ignore[no-untyped-call]
-    with ExitStack() as stack:
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
         stack.callback(api.close)
+        # helm (minutes of CPU on a cold cache) builds while the steps below wait on disk and network.
+        helm = pool.submit(ensure_commands, HELM)
         started = time.monotonic()
         served = state_dir / "git" / "served"
         git = stack.enter_context(
@@ -259,7 +261,7 @@ def demo_environment(settings: DemoSettings) -> Iterator[DemoState]:
         tags = load_images(settings.node_dir)
         progress(f"images {', '.join(tags.values())} in the node in {time.monotonic() - started:.1f}s")
         started = time.monotonic()
-        stack.enter_context(helm_release(settings, tags, logs["helm"]))
+        stack.enter_context(helm_release(settings, str(helm.result() / "helm"), tags, logs["helm"]))
         progress(f"operator installed with helm, Ready in {time.monotonic() - started:.1f}s")
         yield DemoState(
             pid=os.getpid(),
