@@ -172,5 +172,11 @@ class Kube:
         items: list[dict[str, Any]] = self._list(_path("Pod", namespace), selector)["items"]
         return items
 
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """The core Events about one object (kubelet reports a volume it cannot mount only there)."""
+        query = {"fieldSelector": f"involvedObject.kind={kind},involvedObject.name={name}"}
+        items: list[dict[str, Any]] = self.request("GET", _path("Event", namespace), query=query)["items"]
+        return items
+
     def create_event(self, event: Mapping[str, Any]) -> None:
         self.request("POST", _path("Event", event["metadata"]["namespace"]), event)

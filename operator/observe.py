@@ -3,6 +3,7 @@ summary the pod wrote to its termination log. Pure functions over API objects (d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,20 @@ _STUCK_REASONS = frozenset(
 )
 
 
+# How kubelet and the scheduler say that an object a pod needs does not exist (in a waiting message, an
+# Unschedulable condition, a FailedMount Event): the reason names its kind, the message the object.
+_MISSING_OBJECT = (
+    (re.compile(r'\bsecret "[^"]+" not found'), "SecretNotFound"),
+    (re.compile(r'\bconfigmaps? "[^"]+" not found'), "ConfigMapNotFound"),
+    (re.compile(r'\bpersistentvolumeclaims? "[^"]+" not found'), "ClaimNotFound"),
+)
+
+
+def _named(reason: str, text: str) -> str:
+    """A more precise reason than kubelet's when `text` says a Secret, ConfigMap or claim is missing."""
+    return next((named for pattern, named in _MISSING_OBJECT if pattern.search(text)), reason)
+
+
 def start_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     """Why a pod of a starting Job does not run (reason, one line naming pod and container), from the
     container statuses kubelet reports or the scheduler's Unschedulable; None while it is just starting."""
@@ -117,11 +132,29 @@ def start_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
             if waiting.get("reason") in _STUCK_REASONS:
                 detail = waiting.get("message") or waiting["reason"]
                 line = f"pod {name}: container {container.get('name')}: {waiting['reason']}: {detail}"
-                return waiting["reason"], line[:_MESSAGE_LIMIT]
+                return _named(waiting["reason"], detail), line[:_MESSAGE_LIMIT]
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-                return "Unschedulable", f"pod {name}: {condition.get('message', '')}"[:_MESSAGE_LIMIT]
+                message = condition.get("message", "")
+                return _named("Unschedulable", message), f"pod {name}: {message}"[:_MESSAGE_LIMIT]
     return None
+
+
+def pending_pods(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of the pods kubelet has not started yet (whose volume Events may say why)."""
+    return [p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
+
+
+def mount_problem(events: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """Why kubelet cannot set up a pod's volumes (reason, one line naming the pod), from the newest
+    FailedMount Event of the pods' Events; None when there is none."""
+    failed = [e for e in events if e.get("type") == "Warning" and e.get("reason") == "FailedMount"]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    message = newest.get("message", "")
+    line = f"pod {(newest.get('involvedObject') or {}).get('name')}: {message}"
+    return _named("FailedMount", message), line[:_MESSAGE_LIMIT]
 
 
 def running_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -18,7 +18,14 @@ from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
 from labtune.operator.kube import Kube
 from labtune.operator.naming import selector
-from labtune.operator.observe import JobView, failure_detail, start_problem, termination_message
+from labtune.operator.observe import (
+    JobView,
+    failure_detail,
+    mount_problem,
+    pending_pods,
+    start_problem,
+    termination_message,
+)
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.store import Store
 
@@ -76,7 +83,17 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
 
 
-def _job_outcome(view: JobView, pods: list[dict[str, Any]], want_suspend: bool) -> RunOutcome:
+def why_pods_wait(kube: Kube, namespace: str, pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why a Job's pods do not start (reason, message): their statuses say, else their Events (a
+    Secret or ConfigMap volume that does not exist shows only as kubelet's FailedMount)."""
+    if problem := start_problem(pods):
+        return problem
+    return mount_problem([e for pod in pending_pods(pods) for e in kube.list_events(namespace, "Pod", pod)])
+
+
+def _job_outcome(
+    view: JobView, pods: list[dict[str, Any]], want_suspend: bool, problem: tuple[str, str] | None
+) -> RunOutcome:
     if view.failed:
         detail = failure_detail(pods)
         message = f"{view.message} ({detail})" if detail else view.message
@@ -88,7 +105,7 @@ def _job_outcome(view: JobView, pods: list[dict[str, Any]], want_suspend: bool) 
             "Running", "JobRunning", f"Job {view.name}: {view.ready} of {view.active} pod(s) running"
         )
     if view.active:
-        if problem := start_problem(pods):
+        if problem:
             return RunOutcome("Pending", *problem)
         return RunOutcome("Pending", "PodsStarting", f"Job {view.name}: {view.active} pod(s) starting")
     return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
@@ -176,7 +193,8 @@ def reconcile_run(
             outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed")
         status["completionTime"] = view.completion_time or timestamp
     else:
-        outcome = _job_outcome(view, pods, want_suspend)
+        problem = why_pods_wait(kube, namespace, pods) if starting else None
+        outcome = _job_outcome(view, pods, want_suspend, problem)
         if outcome.state == "Failed":
             status["completionTime"] = timestamp
     return _write(kube, store, kind, body, old, status, outcome, timestamp, view)

@@ -19,7 +19,7 @@ from labtune.operator.kube import Kube
 from labtune.operator.naming import child_labels, child_metadata, child_name, default_output, selector
 from labtune.operator.observe import JobView, failure_detail, termination_message, view_job
 from labtune.operator.podspec import CONFIG_PATH, FileMount, PodRequest, build_pod_template
-from labtune.operator.runs import JOB_NAME_LABEL
+from labtune.operator.runs import JOB_NAME_LABEL, why_pods_wait
 from labtune.operator.settings import OperatorSettings
 
 COMPONENT = "sync"
@@ -135,6 +135,14 @@ def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
     return SyncResult(fields, (True, "Synced", message), (True, "Valid", counts), False)
 
 
+def _sync_problem(kube: Kube, namespace: str, name: str, view: JobView) -> tuple[str, str] | None:
+    """Why the running sync Job's pod does not start, if it does not."""
+    if view.ready or not view.active:
+        return None
+    pods = kube.list_pods(namespace, {**selector("Taxonomy", name), JOB_NAME_LABEL: view.name})
+    return why_pods_wait(kube, namespace, pods)
+
+
 def _created(job: Mapping[str, Any]) -> str:
     created: str = job["metadata"].get("creationTimestamp") or ""
     return created
@@ -178,13 +186,16 @@ def reconcile_taxonomy(
             if result.stalled
             else cond.drop(conditions, cond.STALLED)
         )
-    elif cond.find(conditions, "Ready") is None:
-        message = f"first sync ({due}) in progress"
-        conditions = cond.set_condition(conditions, "Ready", False, "Syncing", message, generation, timestamp)
+    problem = _sync_problem(kube, namespace, name, running[-1]) if running else None
+    # No sync has finished (as far as status knows: finished Jobs go with their TTL): Ready says why
+    # the first one's pod does not start. Later syncs leave Ready to the revision in hand.
+    if newest is None and not old.get("lastSyncTime") and cond.find(conditions, cond.STALLED) is None:
+        reason, message = problem or ("Syncing", f"first sync ({due}) in progress")
+        conditions = cond.set_condition(conditions, "Ready", False, reason, message, generation, timestamp)
     if running:
-        message = f"sync Job {running[-1].name} is running"
+        reason, message = problem or ("Syncing", f"sync Job {running[-1].name} is running")
         conditions = cond.set_condition(
-            conditions, cond.RECONCILING, True, "Syncing", message, generation, timestamp
+            conditions, cond.RECONCILING, True, reason, message, generation, timestamp
         )
     else:
         conditions = cond.drop(conditions, cond.RECONCILING)

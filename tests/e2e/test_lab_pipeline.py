@@ -220,26 +220,33 @@ def test_deleted_trainer_pod_saves_a_checkpoint_and_the_next_pod_resumes(
     assert "phase knowledge resumes from its checkpoint checkpoint-" in resumed
 
 
+def _ready_when(
+    api_client: client.ApiClient, namespace: str, body: dict[str, Any], reasons: tuple[str, ...]
+) -> dict[str, Any]:
+    """Creates the resource; returns its Ready condition once False with one of `reasons` (within the
+    minute a user waits for an answer)."""
+    custom = client.CustomObjectsApi(api_client)
+    plural, name = PLURALS[body["kind"]], body["metadata"]["name"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+
+    def named() -> dict[str, Any] | None:
+        resource = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        ready = condition(resource.get("status") or {}, "Ready")
+        return ready if ready.get("reason") in reasons and ready.get("status") == "False" else None
+
+    ready: dict[str, Any] = eventually(named, 90, f"{' or '.join(reasons)} on {body['kind']} {name}")
+    return ready
+
+
 def _vllm_teacher_run_is_named(
     api_client: client.ApiClient, namespace: str, state: DemoState, name: str, reasons: tuple[str, ...]
 ) -> dict[str, Any]:
-    """Creates a SyntheticDataRun whose teacher is a vLLM sidecar; returns its Ready condition once
-    its reason is one of `reasons`."""
-    custom = client.CustomObjectsApi(api_client)
+    """A SyntheticDataRun whose teacher is a vLLM sidecar; its Ready condition once named."""
     (body,) = [b for b in _manifests(state) if b["kind"] == "SyntheticDataRun"]
     body["metadata"]["name"] = name
     body["spec"]["teacher"] = {"model": {"uri": "pvc://labtune-artifacts/models/smollm2-135m-instruct"}}
     body["spec"]["output"] = f"pvc://labtune-artifacts/{name}"
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", body)
-
-    def named() -> dict[str, Any] | None:
-        run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", name)
-        ready = condition(run.get("status") or {}, "Ready")
-        return ready if ready.get("reason") in reasons else None
-
-    ready: dict[str, Any] = eventually(named, 180, f"{' or '.join(reasons)} on the SyntheticDataRun")
-    assert ready["status"] == "False"
-    return ready
+    return _ready_when(api_client, namespace, body, reasons)
 
 
 def test_an_image_that_cannot_be_pulled_is_named_on_the_resource(
@@ -269,3 +276,24 @@ def test_a_crash_looping_teacher_is_named_on_the_resource(
     SyntheticDataRun says so instead of waiting for a teacher that never answers."""
     ready = _vllm_teacher_run_is_named(api_client, namespace, demo[1], "crash-loop", ("CrashLoopBackOff",))
     assert "teacher" in ready["message"]
+
+
+def test_a_missing_git_secret_is_named_on_the_taxonomy(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
+) -> None:
+    """The sync pod's Secret volume cannot mount: kubelet says so only in a FailedMount Event."""
+    (body,) = [b for b in _manifests(demo[1]) if b["kind"] == "Taxonomy"]
+    body["metadata"]["name"] = "no-secret"
+    body["spec"]["source"]["git"]["secretRef"]["name"] = "no-such-secret"
+    ready = _ready_when(api_client, namespace, body, ("SecretNotFound",))
+    assert 'secret "no-such-secret" not found' in ready["message"]
+
+
+def test_a_missing_claim_is_named_on_the_tuning_job(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
+) -> None:
+    """The trainer pod's output claim does not exist: the scheduler cannot place the pod."""
+    body = _tuning_job("no-claim", 1)
+    body["spec"]["output"]["uri"] = "pvc://no-such-claim/models/no-claim"
+    ready = _ready_when(api_client, namespace, body, ("ClaimNotFound",))
+    assert 'persistentvolumeclaim "no-such-claim" not found' in ready["message"]

@@ -22,9 +22,10 @@ job pods only.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list]
+# list: kubelet reports a Secret or ConfigMap volume it cannot mount only as a pod Event.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 {{- end -}}
 
 {{/* Cluster-scoped: kopf discovers the resources it serves from their CRDs, even when it watches

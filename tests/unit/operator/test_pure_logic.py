@@ -7,7 +7,14 @@ import pytest
 from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
 from labtune.operator.naming import MAX_NAME, child_name
-from labtune.operator.observe import failure_detail, start_problem, termination_message, view_job
+from labtune.operator.observe import (
+    failure_detail,
+    mount_problem,
+    pending_pods,
+    start_problem,
+    termination_message,
+    view_job,
+)
 from labtune.operator.scrape import parse
 from labtune.operator.taxonomy import _seconds, sync_job_name
 
@@ -161,3 +168,78 @@ def test_start_problem_names_what_keeps_a_pod_from_running() -> None:
     # Only starting: no problem to report.
     assert start_problem([_waiting("ContainerCreating")]) is None
     assert start_problem([_pod("z", "Running", "2026-01-01T00:00:00Z", None)]) is None
+
+
+def _unschedulable(message: str) -> dict[str, object]:
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    return {"metadata": {"name": "run-y"}, "status": {"phase": "Pending", "conditions": [condition]}}
+
+
+# kubelet's and the scheduler's own words (v1.36) for objects a pod needs that do not exist.
+CONFIG_ERROR, NOT_AVAILABLE = "CreateContainerConfigError", "0/1 nodes are available: "
+MISSING = [
+    (CONFIG_ERROR, 'secret "git-auth" not found', "SecretNotFound"),
+    (CONFIG_ERROR, 'configmap "pipeline" not found', "ConfigMapNotFound"),
+    (CONFIG_ERROR, "couldn't find key token in Secret ns/git-auth", CONFIG_ERROR),
+    (None, NOT_AVAILABLE + 'persistentvolumeclaim "artifacts" not found. preemption: 0/1', "ClaimNotFound"),
+    (None, NOT_AVAILABLE + "1 Insufficient nvidia.com/gpu.", "Unschedulable"),
+    (None, NOT_AVAILABLE + "pod has unbound immediate PersistentVolumeClaims.", "Unschedulable"),
+]
+
+
+@pytest.mark.parametrize(
+    ("waiting", "message", "reason"), MISSING, ids=[m[2] + str(i) for i, m in enumerate(MISSING)]
+)
+def test_start_problem_names_the_missing_object(waiting: str | None, message: str, reason: str) -> None:
+    """A container waiting with kubelet's message, or (no waiting reason) a pod the scheduler cannot place."""
+    pod = _waiting(waiting, message) if waiting else _unschedulable(message)
+    problem = start_problem([pod])
+    assert problem is not None
+    assert problem[0] == reason
+    assert message in problem[1]
+
+
+def _event(
+    message: str, when: str = "t1", reason: str = "FailedMount", kind: str = "Warning"
+) -> dict[str, object]:
+    involved = {"kind": "Pod", "name": "sync-x"}
+    return {
+        "type": kind,
+        "reason": reason,
+        "message": message,
+        "lastTimestamp": when,
+        "involvedObject": involved,
+    }
+
+
+SETUP = "MountVolume.SetUp failed for volume "
+MOUNTS = [
+    ([_event(SETUP + '"git" : secret "git-auth" not found')], "SecretNotFound"),
+    ([_event(SETUP + '"config" : configmap "sync-x" not found')], "ConfigMapNotFound"),
+    ([_event(SETUP + '"nfs" : mount failed: exit status 32')], "FailedMount"),
+    # The newest FailedMount speaks: the Secret appeared, then the ConfigMap went missing.
+    ([_event('secret "a" not found', "2026-01-01T01"), _event('configmap "b" not found', "2026-01-01T09")],
+     "ConfigMapNotFound"),
+    ([_event("assigned", reason="Scheduled", kind="Normal"), _event('secret "a"', kind="Normal")], None),
+    ([], None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("events", "reason"), MOUNTS, ids=[f"{reason}{i}" for i, (_, reason) in enumerate(MOUNTS)]
+)
+def test_mount_problem_names_what_kubelet_cannot_mount(
+    events: list[dict[str, object]], reason: str | None
+) -> None:
+    problem = mount_problem(events)
+    if reason is None:
+        assert problem is None
+        return
+    assert problem is not None
+    assert problem[0] == reason
+    assert problem[1].startswith("pod sync-x: ")
+
+
+def test_pending_pods_are_those_kubelet_has_not_started() -> None:
+    pods = [_waiting("ContainerCreating"), _pod("z", "Running", "2026-01-01T00:00:00Z", None)]
+    assert pending_pods(pods) == ["run-x"]
