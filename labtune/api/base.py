@@ -103,16 +103,25 @@ ArtifactURI = Annotated[
         min_length=1,
         max_length=2048,
         json_schema_extra=rules(
+            # s3:// waits for an object-store backend: until then no pod could read or write it.
             cel(
-                "self.matches(r'^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$') "
-                "|| self.matches(r'^s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/[^/]+)*/?$')",
-                "must be an artifact URI: pvc://<claim>/<path> or s3://<bucket>/<key>",
-            )
+                "self.startsWith('pvc://')",
+                "must be a pvc://<claim>/<path> artifact URI: only PersistentVolumeClaims are supported "
+                "so far (s3:// is planned)",
+            ),
+            cel(
+                "!self.startsWith('pvc://') || self.matches(r'^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$')",
+                "must be pvc://<claim>/<path>, the claim a lowercase RFC 1123 name",
+            ),
+            cel(
+                "!self.matches(r'(^|/)[.][.](/|$)')",
+                "must not contain '..' path segments: a pod would leave its claim's folder",
+            ),
         ),
     ),
 ]
 """Where an artifact lives: `pvc://<claim>/<path>` on a PersistentVolumeClaim in the resource's
-namespace, or `s3://<bucket>/<key>`."""
+namespace (object stores are planned)."""
 
 Quantity = Annotated[
     str,

@@ -155,8 +155,45 @@ BAD_INPUT = [
     pytest.param(
         JOB,
         _set("baseModel.uri", "/models/granite"),
-        "must be an artifact URI: pvc://<claim>/<path> or s3://<bucket>/<key>",
+        "must be a pvc://<claim>/<path> artifact URI",
         id="job-model-uri",
+    ),
+    # What no pod can use yet: an object store, a path out of the claim's folder.
+    pytest.param(
+        JOB,
+        _set("output.uri", "s3://models/granite-tuned"),
+        "only PersistentVolumeClaims are supported so far (s3:// is planned)",
+        id="job-output-s3",
+    ),
+    pytest.param(
+        RUN,
+        _set("output", "gs://datasets/run"),
+        "only PersistentVolumeClaims are supported so far",
+        id="run-output-gs",
+    ),
+    pytest.param(
+        JOB,
+        _set("output.uri", "pvc://artifacts/models/../../etc"),
+        "must not contain '..' path segments",
+        id="job-output-dotdot",
+    ),
+    pytest.param(
+        TAXONOMY,
+        _set("output", "pvc://artifacts/taxonomies/.."),
+        "must not contain '..' path segments",
+        id="taxonomy-output-trailing-dotdot",
+    ),
+    pytest.param(
+        JOB,
+        _set("baseModel.uri", "pvc://../models/granite"),
+        "must be pvc://<claim>/<path>, the claim a lowercase RFC 1123 name",
+        id="job-model-dotdot-claim",
+    ),
+    pytest.param(
+        JOB,
+        _set("baseModel.uri", "pvc://Artifacts/models/granite"),
+        "the claim a lowercase RFC 1123 name",
+        id="job-model-uppercase-claim",
     ),
     pytest.param(
         JOB,
