@@ -47,6 +47,7 @@ def manifest(root: Path, commit: str, base: str, result: TaxonomyScan) -> LeafMa
 
 def summarize(commit: str, result: TaxonomyScan, manifest_uri: str) -> TaxonomySyncSummary:
     errors = [i for f in result.report.files for i in _issues(f.path, f.errors, _MESSAGE_CHARS)]
+    warnings = [i for f in result.report.files for i in _issues(f.path, f.warnings, _MESSAGE_CHARS)]
     summary = TaxonomySyncSummary(
         commit=commit,
         leaf_counts=result.leaf_counts(),
@@ -54,10 +55,11 @@ def summarize(commit: str, result: TaxonomyScan, manifest_uri: str) -> TaxonomyS
         changed_leaf_count=len(result.changed),
         errors=errors[:50],
         error_count=len(errors),
-        warning_count=result.report.warning_count,
+        warnings=warnings[:50],
+        warning_count=len(warnings),
         manifest=manifest_uri,
     )
-    return summaries.fit(summary, ("changed_leaves", "errors"))
+    return summaries.fit(summary, ("changed_leaves", "warnings", "errors"))
 
 
 def sync(config: TaxonomySyncConfig) -> TaxonomySyncSummary:

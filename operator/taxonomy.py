@@ -120,6 +120,8 @@ def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
         "changedLeafCount": summary.changed_leaf_count,
         "errors": [e.to_wire() for e in summary.errors[:50]],
         "errorCount": summary.error_count,
+        "warnings": [w.to_wire() for w in summary.warnings[:50]],
+        "warningCount": summary.warning_count,
         "manifest": summary.manifest,
         "lastSyncTime": view.completion_time,
     }
@@ -131,6 +133,17 @@ def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
         return SyncResult(
             fields, (False, "ValidationFailed", message), (False, "ValidationFailed", message), False
         )
+    if summary.warning_count:
+        counts += f", {summary.warning_count} warning(s)"
+        if summary.warnings:
+            counts += f"; first: {summary.warnings[0].path}: {summary.warnings[0].message}"
+    if not summary.leaf_counts.total:
+        # Nothing to generate from: a run waiting on this taxonomy would wait for nothing.
+        message = (
+            f"no leaves at {summary.commit[:12]}: no qna.yaml under knowledge/ or compositional_skills/ "
+            f"that spec.include and spec.exclude keep ({counts})"
+        )
+        return SyncResult(fields, (False, "NoLeaves", message), (False, "NoLeaves", message), False)
     message = f"synced {summary.commit[:12]}: {counts}"
     return SyncResult(fields, (True, "Synced", message), (True, "Valid", counts), False)
 

@@ -150,6 +150,10 @@ class TaxonomyStatus(StatusBase):
     """The first validation errors, with file and line."""
     error_count: Annotated[int, Field(ge=0)] | None = None
     """Number of validation errors."""
+    warnings: Annotated[list[ValidationIssue], Field(max_length=50)] = Field(default_factory=list)
+    """The first warnings (a misnamed qna.yml, a lint finding), with file and line."""
+    warning_count: Annotated[int, Field(ge=0)] | None = None
+    """Number of warnings."""
     manifest: ArtifactURI | None = None
     """The full leaf manifest written by the last sync."""
     last_sync_time: datetime | None = None

@@ -49,6 +49,7 @@ class TaxonomySyncSummary(ContractModel):
     changed_leaf_count: int = 0
     errors: list[ValidationIssue] = Field(default_factory=list)
     error_count: int = 0
+    warnings: list[ValidationIssue] = Field(default_factory=list)
     warning_count: int = 0
     manifest: str
 

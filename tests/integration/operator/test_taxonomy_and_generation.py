@@ -42,7 +42,7 @@ def data_run(name: str, taxonomy_name: str, teacher: dict[str, Any]) -> dict[str
     }
 
 
-def sync_summary(errors: list[dict[str, Any]]) -> str:
+def sync_summary(errors: list[dict[str, Any]], **fields: Any) -> str:
     return json.dumps(
         {
             "commit": COMMIT,
@@ -52,6 +52,7 @@ def sync_summary(errors: list[dict[str, Any]]) -> str:
             "errors": errors,
             "errorCount": len(errors),
             "manifest": "pvc://labtune-artifacts/x/manifest.json",
+            **fields,
         }
     )
 
@@ -151,6 +152,30 @@ def test_validation_errors_stall_the_dependent_run(cluster: Cluster, kubelet: Ku
     cluster.create(data_run("blocked", "broken", {"endpoint": {"url": "http://t:8000/v1", "model": "t"}}))
     status = cluster.status_when(
         "syntheticdataruns", "blocked", lambda s: s.get("state") == "Waiting", "waiting"
+    )
+    assert condition(status, "Ready")["reason"] == "TaxonomyInvalid"
+    assert condition(status, "Stalled")["status"] == "True"
+
+
+def test_a_taxonomy_without_leaves_is_not_ready(cluster: Cluster, kubelet: Kubelet) -> None:
+    """Only a misnamed qna.yml: synced, but nothing to generate from; the warning says why."""
+    cluster.create(taxonomy("empty"))
+    warning = {"path": "knowledge/a/qna.yml", "message": "a leaf must be named 'qna.yaml'"}
+    none = {"knowledge": 0, "freeformSkills": 0, "groundedSkills": 0, "total": 0}
+    summary = sync_summary(
+        [], leafCounts=none, changedLeaves=[], changedLeafCount=0, warnings=[warning], warningCount=1
+    )
+    kubelet.finish(sync_job(cluster, "empty"), 0, summary)
+    status = cluster.status_when("taxonomies", "empty", lambda s: s.get("revision") == COMMIT, "the revision")
+    assert (status["warningCount"], status["warnings"]) == (1, [warning])
+    for name in ("Ready", "Validated"):
+        ready = condition(status, name)
+        assert (ready["status"], ready["reason"]) == ("False", "NoLeaves")
+    assert "knowledge/a/qna.yml: a leaf must be named 'qna.yaml'" in condition(status, "Ready")["message"]
+
+    cluster.create(data_run("nothing", "empty", {"endpoint": {"url": "http://t:8000/v1", "model": "t"}}))
+    status = cluster.status_when(
+        "syntheticdataruns", "nothing", lambda s: s.get("state") == "Waiting", "waiting"
     )
     assert condition(status, "Ready")["reason"] == "TaxonomyInvalid"
     assert condition(status, "Stalled")["status"] == "True"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from labtune.generator import leaves
+from labtune.generator.sync import summarize
 from labtune.generator.taxonomy import scan
 from labtune.generator.validation import validate_file
 
@@ -138,3 +139,14 @@ def test_path_filters() -> None:
     assert leaves.select(paths, ["knowledge/**"], []) == [KNOWLEDGE]
     assert leaves.select(paths, [], ["compositional_skills/writing/**"]) == [KNOWLEDGE, GROUNDED]
     assert leaves.select(paths, ["compositional_skills/**"], ["*/extraction/*"]) == [SKILL]
+
+
+def test_the_sync_summary_counts_and_lists_the_warnings(tree: Path) -> None:
+    """What the Taxonomy's status shows: a misnamed qna.yml is a warning with its path, not a silence."""
+    _write(tree, "compositional_skills/writing/misnamed/qna.yml", (tree / SKILL).read_text())
+    summary = summarize("a" * 40, scan(tree), "pvc://artifacts/manifest.json")
+    assert summary.warning_count == len(summary.warnings) == 1
+    (warning,) = summary.warnings
+    assert warning.path == "compositional_skills/writing/misnamed/qna.yml"
+    assert "must be named 'qna.yaml'" in warning.message
+    assert summary.leaf_counts.total == 3
