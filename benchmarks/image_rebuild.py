@@ -36,9 +36,7 @@ from typing import TypeVar
 
 from labtune_dev.controlplane import ControlPlane
 from labtune_dev.images import BuiltImage, build_image, buildah, image_name
-from labtune_dev.node import K8S_NAMESPACE, Node, NodeSettings, ensure_bridge, load_image, remove_bridge
-from labtune_dev.node_binaries import CONTAINERD
-from labtune_dev.tools import ensure_commands
+from labtune_dev.node import Node, NodeSettings, ctr_argv, ensure_bridge, load_image, remove_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "labtune" / "_rebuild_probe.py"
@@ -65,16 +63,7 @@ def baseline_load(node: Node, image: BuiltImage, work: Path) -> None:
     target = f"oci-archive:{archive}:{baseline_tag(image)}"
     buildah().run("buildah push (baseline)", *push, image.image_id, target, log="bench")
     try:
-        command = [str(ensure_commands(CONTAINERD) / "ctr"), "--address", str(node.socket)]
-        command += [
-            "--namespace",
-            K8S_NAMESPACE,
-            "images",
-            "import",
-            "--snapshotter",
-            "overlayfs",
-            str(archive),
-        ]
+        command = ctr_argv(node.directory, "images", "import", "--snapshotter", "overlayfs", str(archive))
         subprocess.run(command, capture_output=True, check=True)
     finally:
         archive.unlink()

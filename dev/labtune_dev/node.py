@@ -550,7 +550,7 @@ def load_image(node_dir: Path, image: OciImage) -> None:
         return
     started = time.monotonic()
     have = set(_ctr(node_dir, "content", "ls", "--quiet").split())
-    command = _ctr_argv(node_dir, "images", "import", "--snapshotter", "overlayfs", "-")
+    command = ctr_argv(node_dir, "images", "import", "--snapshotter", "overlayfs", "-")
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT)
         assert process.stdin is not None  # stdin=PIPE
@@ -582,10 +582,10 @@ def _ctr(node_dir: Path, *args: str) -> str:
 
 
 def _ctr_run(node_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_ctr_argv(node_dir, *args), capture_output=True, text=True, check=False)
+    return subprocess.run(ctr_argv(node_dir, *args), capture_output=True, text=True, check=False)
 
 
-def _ctr_argv(node_dir: Path, *args: str) -> list[str]:
+def ctr_argv(node_dir: Path, *args: str) -> list[str]:
     ctr = ensure_commands(CONTAINERD) / "ctr"
     socket = node_dir / "containerd" / "containerd.sock"
     return [str(ctr), "--address", str(socket), "--namespace", K8S_NAMESPACE, *args]

@@ -74,12 +74,6 @@ class OciImage:
                     written += layer.size
         return written
 
-    def layout_bytes(self) -> bytes:
-        """The whole image layout, in memory (small images: the pause image, test images)."""
-        buffer = io.BytesIO()
-        self.write_layout(buffer)
-        return buffer.getvalue()
-
 
 def image_from_files(name: str, files: dict[str, bytes], entrypoint: list[str], user: str) -> OciImage:
     """A one-layer image of `files` (executable, paths relative to the root)."""
@@ -101,21 +95,6 @@ def image_from_files(name: str, files: dict[str, bytes], entrypoint: list[str], 
         }
     )
     return OciImage(name, manifest, config, (Layer(digest_of(layer), len(layer), lambda: (layer,)),))
-
-
-def layout_image(layout: IO[bytes]) -> tuple[str, str]:
-    """The image name and manifest digest the index.json of an image layout tar names."""
-    with tarfile.open(fileobj=layout) as tar:
-        member = tar.extractfile("index.json")
-        if member is None:
-            raise OciError("not an OCI image layout: no index.json")
-        index = json.load(member)
-    (manifest,) = index["manifests"]
-    annotations = manifest.get("annotations", {})
-    name = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
-    if not name:
-        raise OciError("the image layout's index names no image (annotation io.containerd.image.name)")
-    return str(name), str(manifest["digest"])
 
 
 def digest_of(blob: bytes) -> str:

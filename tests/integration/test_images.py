@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ocitest import layout_index
 
 from labtune.operator.podspec import JOB_UID
 from labtune_dev.images import IMAGE_NAMES, BuiltImage, build_image, buildah, save_image
-from labtune_dev.oci import layout_image
 
 # A cold cache builds the bases and fetches torch (GBs) first.
 pytestmark = [
@@ -70,7 +70,7 @@ def test_tags_and_oci_archive(built: dict[str, BuiltImage], tmp_path: Path) -> N
     archive = tmp_path / "operator.oci.tar"
     save_image(built["operator"], archive)
     with archive.open("rb") as layout:
-        assert layout_image(layout) == (built["operator"].tag, built["operator"].oci.manifest_digest)
+        assert layout_index(layout) == (built["operator"].tag, built["operator"].oci.manifest_digest)
     for name in ("generator", "trainer"):  # all but their GB layers (the base, torch, dependencies)
         oci = built[name].oci
         big = {layer.digest for layer in oci.layers if layer.size > 100_000_000}

@@ -11,8 +11,9 @@ import json
 import tarfile
 
 import pytest
+from ocitest import layout_bytes, layout_index
 
-from labtune_dev.oci import Layer, OciError, image_from_files, layout_image
+from labtune_dev.oci import Layer, OciError, image_from_files
 
 IMAGE = image_from_files("labtune.local/tool:1", {"bin/tool": b"#!/bin/sh\n"}, ["/bin/tool"], "65532:65532")
 (LAYER,) = IMAGE.layers
@@ -32,8 +33,8 @@ def _tar(layout: bytes) -> tarfile.TarFile:
 
 
 def test_layout_is_an_image_layout_with_matching_digests() -> None:
-    layout = IMAGE.layout_bytes()
-    assert layout_image(io.BytesIO(layout)) == ("labtune.local/tool:1", IMAGE.manifest_digest)
+    layout = layout_bytes(IMAGE)
+    assert layout_index(io.BytesIO(layout)) == ("labtune.local/tool:1", IMAGE.manifest_digest)
     with _tar(layout) as tar:
         assert json.load(tar.extractfile("oci-layout"))["imageLayoutVersion"] == "1.0.0"  # type: ignore[arg-type]
         manifest = json.loads(_blob(tar, IMAGE.manifest_digest))
@@ -62,7 +63,7 @@ def test_layer_chunks_of_any_size_read_back_whole() -> None:
         IMAGE,
         layers=(Layer(LAYER.digest, LAYER.size, lambda: [DATA[i : i + 5] for i in range(0, len(DATA), 5)]),),
     )
-    assert chunked.layout_bytes() == IMAGE.layout_bytes()
+    assert layout_bytes(chunked) == layout_bytes(IMAGE)
 
 
 @pytest.mark.parametrize(
