@@ -13,6 +13,12 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 COMPONENT = "app.kubernetes.io/component"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MAX_NAME = 63  # Job names become pod label values
+MAX_LABEL_VALUE = 63
+# An Indexed Job's pods are named as hosts `<job>-<index>`, a DNS label of at most 63 characters:
+# room for a two-digit index (TuningJob allows at most 64 nodes).
+MAX_INDEXED_JOB_NAME = MAX_NAME - 3
+_DIGEST_CHARS = 8
+MAX_OUTPUT_FOLDER = 128
 
 
 def kind_label(kind: str) -> str:
@@ -20,19 +26,46 @@ def kind_label(kind: str) -> str:
     return f"{GROUP}/{kind.lower()}"
 
 
-def child_name(owner: str, suffix: str) -> str:
-    """`<owner>-<suffix>`, shortened with a digest of the owner name when over 63 characters."""
+def _shortened(owner: str, room: int) -> str:
+    """The owner name cut to `room` characters, ending in a digest of the whole name so that two
+    long names sharing a prefix stay apart (and the cut never ends on `-` or `.`)."""
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:_DIGEST_CHARS]
+    return f"{owner[: room - _DIGEST_CHARS - 1].rstrip('-.')}-{digest}"
+
+
+def child_name(owner: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """`<owner>-<suffix>`, the owner part shortened with its digest when over `limit` characters
+    (resource names may have 253; children that become labels or host names have 63)."""
     name = f"{owner}-{suffix}"
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
-    keep = MAX_NAME - len(suffix) - len(digest) - 2
-    return f"{owner[:keep].rstrip('-.')}-{digest}-{suffix}"
+    return name if len(name) <= limit else f"{_shortened(owner, limit - len(suffix) - 1)}-{suffix}"
+
+
+def dns_label_name(owner: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """A child name that must be a DNS label (a Service; an Indexed Job, whose pods' host names are
+    `<job>-<index>`): no dots, which a resource name may have. Dots become dashes and a digest of the
+    whole name is kept, so `a.b` and `a-b` never share children."""
+    if "." not in owner:
+        return child_name(owner, suffix, limit)
+    room = limit - len(suffix) - 1
+    return f"{_shortened(owner, min(room, len(owner) + _DIGEST_CHARS + 1)).replace('.', '-')}-{suffix}"
+
+
+def service_name(owner: str, suffix: str) -> str:
+    """A child Service's name: a DNS-1035 label, so it must also start with a letter where the
+    owner's name may start with a digit."""
+    name = dns_label_name(owner, suffix, MAX_NAME - 1)
+    return name if name[0].isalpha() else f"s{name}"
+
+
+def label_value(owner: str) -> str:
+    """The owner's name as a label value: itself up to 63 characters, else shortened with a digest
+    (the whole name is in the child's annotation of the same key and in its owner reference)."""
+    return owner if len(owner) <= MAX_LABEL_VALUE else _shortened(owner, MAX_LABEL_VALUE)
 
 
 def selector(kind: str, owner: str) -> dict[str, str]:
     """Labels every child of one resource carries (and is found by)."""
-    return {MANAGED_BY: "labtune", kind_label(kind): owner}
+    return {MANAGED_BY: "labtune", kind_label(kind): label_value(owner)}
 
 
 def child_labels(body: Mapping[str, Any], component: str) -> dict[str, str]:
@@ -60,6 +93,7 @@ def child_metadata(body: Mapping[str, Any], name: str, component: str) -> dict[s
         "name": name,
         "namespace": body["metadata"]["namespace"],
         "labels": child_labels(body, component),
+        "annotations": {kind_label(body["kind"]): body["metadata"]["name"]},
         "ownerReferences": [owner_reference(body)],
     }
 
@@ -68,4 +102,6 @@ def default_output(body: Mapping[str, Any], claim: str) -> str:
     """Artifact URI of a resource's outputs when the spec names none: unique per namespace, kind,
     name and uid, so runs never overwrite each other."""
     meta = body["metadata"]
-    return f"pvc://{claim}/{meta['namespace']}/{body['kind'].lower()}/{meta['name']}-{meta['uid'][:8]}"
+    # One path segment; a file name has at most 255 bytes on common file systems.
+    folder = child_name(meta["name"], meta["uid"][:8], MAX_OUTPUT_FOLDER)
+    return f"pvc://{claim}/{meta['namespace']}/{body['kind'].lower()}/{folder}"

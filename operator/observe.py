@@ -3,6 +3,7 @@ summary the pod wrote to its termination log. Pure functions over API objects (d
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -160,3 +161,50 @@ def mount_problem(events: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None
 def running_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Pods whose metrics can be read: running, with an IP."""
     return [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A child cannot be had (the API server refused it, or its name is taken): why, and whether
+    asking again can help before someone changes something (a quota frees up by itself; an
+    invalid object does not)."""
+
+    reason: str
+    message: str
+    lasting: bool
+
+
+def refusal(child: Mapping[str, Any], status: int, body: str | None) -> Refusal | None:
+    """What a failed create of a child means for its owner: 400/422 the object is invalid, 403 a
+    quota, an admission policy or the operator's RBAC said no; None for anything else (the
+    connection, a conflict, a server error: retried like every API failure)."""
+    kind, name = child["kind"], child["metadata"]["name"]
+    try:
+        said = str(json.loads(body or "{}").get("message") or "")
+    except ValueError:
+        said = (body or "").strip()
+    message = f"the API server refused to create {kind} {name}: {said or f'HTTP {status}'}"[:_MESSAGE_LIMIT]
+    if status in (400, 422):
+        return Refusal(f"{kind}Invalid", message, lasting=True)
+    if status == 403:
+        if "exceeded quota" in said:
+            return Refusal("QuotaExceeded", message, lasting=False)
+        return Refusal(f"{kind}Forbidden", message, lasting=True)
+    return None
+
+
+def not_ours(child: Mapping[str, Any], found: Mapping[str, Any]) -> Refusal | None:
+    """A child of that name exists but another object controls it (made by hand, or by another
+    resource): it is never adopted, so two owners cannot share one Job."""
+    ours = child["metadata"]["ownerReferences"][0]
+    owners = found["metadata"].get("ownerReferences") or []
+    if any(o.get("uid") == ours["uid"] for o in owners):
+        return None
+    kind, name = child["kind"], child["metadata"]["name"]
+    if any((o.get("kind"), o.get("name")) == (ours["kind"], ours["name"]) for o in owners):
+        # The resource was deleted and made again: garbage collection removes the old child soon.
+        message = f"{kind} {name} of an earlier {ours['kind']} of this name is still being deleted"
+        return Refusal(f"{kind}NameTaken", message, lasting=False)
+    holder = next((f"{o['kind']} {o['name']}" for o in owners if o.get("controller")), "no owner")
+    message = f"{kind} {name} exists and belongs to {holder}, not to this resource; delete or rename it"
+    return Refusal(f"{kind}NameTaken", message, lasting=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
+
 from labtune.api.resource import Resource
 from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
@@ -20,9 +22,12 @@ from labtune.operator.kube import Kube
 from labtune.operator.naming import selector
 from labtune.operator.observe import (
     JobView,
+    Refusal,
     failure_detail,
     mount_problem,
+    not_ours,
     pending_pods,
+    refusal,
     start_problem,
     termination_message,
 )
@@ -42,6 +47,14 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class CannotRun:
+    """The run can never start (what it depends on failed for good): it fails with this reason."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Plan:
     """The children a run needs (the Job last) and status fields fixed when it starts."""
 
@@ -55,7 +68,9 @@ class RunKind(Protocol):
 
     resource: type[Resource]
 
-    def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting: ...
+    def plan(
+        self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
+    ) -> Plan | Waiting | CannotRun: ...
 
     def finished_status(self, summary: str) -> dict[str, Any]:
         """Status fields from the pod's termination summary; ValueError when it is not valid."""
@@ -111,6 +126,23 @@ def _job_outcome(
     return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
 
 
+def create_children(kube: Kube, children: tuple[Mapping[str, Any], ...]) -> dict[str, Any] | Refusal:
+    """Creates (or adopts) each child in order and returns the last, or why one cannot be had — a
+    condition on the owner, never only an operator log line."""
+    made: dict[str, Any] = {}
+    for child in children:
+        try:
+            made, created = kube.ensure(child)
+        except ApiException as error:
+            refused = refusal(child, error.status or 0, error.body)
+            if refused is None:
+                raise
+            return refused
+        if not created and (taken := not_ours(child, made)):
+            return taken
+    return made
+
+
 class StaleBody(Exception):
     """The body in hand is too old to decide on (read the resource again and reconcile anew)."""
 
@@ -155,7 +187,15 @@ def reconcile_run(
         if isinstance(plan, Waiting):
             outcome = RunOutcome("Waiting", plan.reason, plan.message, stalled=plan.stalled)
             return _write(kube, store, kind, body, old, status, outcome, timestamp)
-        view = store.put_job([kube.ensure(child)[0] for child in plan.children][-1])
+        if isinstance(plan, CannotRun):
+            status["completionTime"] = timestamp
+            outcome = RunOutcome("Failed", plan.reason, plan.message)
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        made = create_children(kube, plan.children)
+        if isinstance(made, Refusal):
+            outcome = RunOutcome("Waiting", made.reason, made.message, stalled=made.lasting)
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        view = store.put_job(made)
         if job_name and old.get("startTime"):
             status["restarts"] = old.get("restarts", 0) + 1  # the Job was deleted under a started run
         status.update(plan.pinned)

@@ -17,9 +17,9 @@ from labtune.operator import conditions as cond
 from labtune.operator.jobs import build_config_map, build_job
 from labtune.operator.kube import Kube
 from labtune.operator.naming import child_labels, child_metadata, child_name, default_output, selector
-from labtune.operator.observe import JobView, failure_detail, termination_message, view_job
+from labtune.operator.observe import JobView, Refusal, failure_detail, termination_message, view_job
 from labtune.operator.podspec import CONFIG_PATH, FileMount, PodRequest, build_pod_template
-from labtune.operator.runs import JOB_NAME_LABEL, why_pods_wait
+from labtune.operator.runs import JOB_NAME_LABEL, create_children, why_pods_wait
 from labtune.operator.settings import OperatorSettings
 
 COMPONENT = "sync"
@@ -174,13 +174,17 @@ def reconcile_taxonomy(
     views = [view_job(job) for job in jobs]
     due = sync_job_name(name, generation, taxonomy.spec.interval, epoch)
     running = [v for v in views if not (v.complete or v.failed)]
-    if not running and due not in {v.name for v in views}:
-        created = [kube.ensure(child)[0] for child in build_sync_children(body, taxonomy, due, settings)]
-        views.append(view_job(created[-1]))
-        running = [views[-1]]
-
+    refused: Refusal | None = None
     status: dict[str, Any] = {"observedGeneration": generation}
     conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    if not running and due not in {v.name for v in views}:
+        made = create_children(kube, build_sync_children(body, taxonomy, due, settings))
+        if isinstance(made, Refusal):
+            refused = made
+        else:
+            views.append(view_job(made))
+            running = [views[-1]]
+            conditions = cond.drop(conditions, cond.STALLED)  # a new attempt is under way
     finished = [v for v in views if v.complete or v.failed]
     newest = finished[-1] if finished else None
     if newest is not None and not (newest.complete and old.get("lastSyncTime") == newest.completion_time):
@@ -199,19 +203,29 @@ def reconcile_taxonomy(
             if result.stalled
             else cond.drop(conditions, cond.STALLED)
         )
-    problem = _sync_problem(kube, namespace, name, running[-1]) if running else None
+    problem = (
+        (refused.reason, refused.message)
+        if refused
+        else _sync_problem(kube, namespace, name, running[-1])
+        if running
+        else None
+    )
     # No sync has finished (as far as status knows: finished Jobs go with their TTL): Ready says why
     # the first one's pod does not start. Later syncs leave Ready to the revision in hand.
     if newest is None and not old.get("lastSyncTime") and cond.find(conditions, cond.STALLED) is None:
         reason, message = problem or ("Syncing", f"first sync ({due}) in progress")
         conditions = cond.set_condition(conditions, "Ready", False, reason, message, generation, timestamp)
-    if running:
+    if running or refused:
         reason, message = problem or ("Syncing", f"sync Job {running[-1].name} is running")
         conditions = cond.set_condition(
             conditions, cond.RECONCILING, True, reason, message, generation, timestamp
         )
     else:
         conditions = cond.drop(conditions, cond.RECONCILING)
+    if refused and refused.lasting:
+        conditions = cond.set_condition(
+            conditions, cond.STALLED, True, refused.reason, refused.message, generation, timestamp
+        )
     status["conditions"] = conditions
     if all(old.get(key) == value for key, value in status.items()):
         return None

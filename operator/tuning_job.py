@@ -15,9 +15,17 @@ from labtune.contract import metrics as m
 from labtune.contract.train import Datasets, Distributed, ModelSource, TrainConfig, TrainSummary
 from labtune.operator.jobs import build_config_map, build_headless_service, build_job
 from labtune.operator.kube import Kube
-from labtune.operator.naming import child_labels, child_metadata, child_name, default_output, selector
+from labtune.operator.naming import (
+    MAX_INDEXED_JOB_NAME,
+    child_labels,
+    child_metadata,
+    default_output,
+    dns_label_name,
+    selector,
+    service_name,
+)
 from labtune.operator.podspec import CONFIG_PATH, PodRequest, build_pod_template
-from labtune.operator.runs import Plan, Waiting
+from labtune.operator.runs import CannotRun, Plan, Waiting
 from labtune.operator.scrape import Samples
 from labtune.operator.settings import OperatorSettings
 
@@ -53,7 +61,7 @@ def build_train_config(
     )
 
 
-def _rendezvous_env(job: TuningJob, job_name: str) -> tuple[dict[str, Any], ...]:
+def _rendezvous_env(job: TuningJob, job_name: str, service: str) -> tuple[dict[str, Any], ...]:
     """Across nodes, where torchrun (started by `labtune train`) meets: node 0 of the Indexed Job.
     Within one node the trainer starts torchrun standalone and needs nothing from here."""
     if job.spec.resources.nodes == 1:
@@ -61,7 +69,7 @@ def _rendezvous_env(job: TuningJob, job_name: str) -> tuple[dict[str, Any], ...]
     return (
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
         # Pods of an Indexed Job with a subdomain resolve as <job>-<index>.<service>.
-        {"name": "MASTER_ADDR", "value": f"{job_name}-0.{job_name}"},
+        {"name": "MASTER_ADDR", "value": f"{job_name}-0.{service}"},
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
     )
 
@@ -70,7 +78,8 @@ def build_trainer_children(
     body: Mapping[str, Any], job: TuningJob, config: TrainConfig, settings: OperatorSettings
 ) -> tuple[dict[str, Any], ...]:
     """ConfigMap, (headless Service,) Job — the Job last, so that it never starts without its config."""
-    name = child_name(body["metadata"]["name"], "train")
+    name = dns_label_name(body["metadata"]["name"], "train", MAX_INDEXED_JOB_NAME)
+    service = service_name(body["metadata"]["name"], "train")
     resources = job.spec.resources
     uris = [
         config.base_model.uri,
@@ -86,8 +95,8 @@ def build_trainer_children(
         scheduling=resources,
         gpus=resources.gpus_per_node,
         artifact_uris=tuple(uris),
-        env=_rendezvous_env(job, name),
-        subdomain=name if distributed else None,
+        env=_rendezvous_env(job, name, service),
+        subdomain=service if distributed else None,
         grace_seconds=TRAINER_GRACE_SECONDS,
     )
     labels = child_labels(body, COMPONENT)
@@ -95,9 +104,8 @@ def build_trainer_children(
     template = build_pod_template(labels, request, settings)
     children: list[dict[str, Any]] = [build_config_map(meta, config)]
     if distributed:
-        children.append(
-            build_headless_service(meta, selector(body["kind"], body["metadata"]["name"]), RENDEZVOUS_PORT)
-        )
+        pods = selector(body["kind"], body["metadata"]["name"])
+        children.append(build_headless_service({**meta, "name": service}, pods, RENDEZVOUS_PORT))
     children.append(build_job(meta, template, job.spec, completions=resources.nodes))
     return tuple(children)
 
@@ -121,7 +129,9 @@ class TuningJobKind:
 
     resource: type[Resource] = TuningJob
 
-    def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting:
+    def plan(
+        self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
+    ) -> Plan | Waiting | CannotRun:
         job = TuningJob.model_validate(body)
         lineage: dict[str, Any] = {"baseModel": job.spec.base_model.uri}
         data = job.spec.data
@@ -129,7 +139,7 @@ class TuningJobKind:
             found = self._datasets_from_run(
                 kube, body["metadata"]["namespace"], data.synthetic_data_run_ref.name
             )
-            if isinstance(found, Waiting):
+            if isinstance(found, Waiting | CannotRun):
                 return found
             datasets, run_status = found
             lineage["taxonomyRevision"] = run_status.taxonomy_revision
@@ -150,13 +160,16 @@ class TuningJobKind:
     @staticmethod
     def _datasets_from_run(
         kube: Kube, namespace: str, name: str
-    ) -> tuple[Datasets, SyntheticDataRunStatus] | Waiting:
+    ) -> tuple[Datasets, SyntheticDataRunStatus] | Waiting | CannotRun:
         found = kube.get_resource(SyntheticDataRun, namespace, name)
         if found is None:
             return Waiting("SyntheticDataRunNotFound", f"SyntheticDataRun {name} does not exist")
         status = SyntheticDataRunStatus.model_validate(found.get("status") or {})
         if status.state == "Failed":
-            return Waiting("SyntheticDataRunFailed", f"SyntheticDataRun {name} failed", stalled=True)
+            # Runs are final: a failed one never produces datasets, so this run cannot either.
+            ready = next((c for c in status.conditions if c.type == "Ready"), None)
+            why = f": {ready.reason}: {ready.message}" if ready and ready.message else ""
+            return CannotRun("SyntheticDataRunFailed", f"SyntheticDataRun {name} failed{why}")
         if status.state != "Succeeded" or status.outputs is None:
             return Waiting(
                 "WaitingForSyntheticDataRun", f"SyntheticDataRun {name} is {status.state or 'Pending'}"

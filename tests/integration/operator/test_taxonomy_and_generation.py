@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubetest import Cluster, Kubelet, OperatorProcess, condition, eventually
+from kubetest import Cluster, Kubelet, OperatorProcess, condition, eventually, tuning_job
 
 from labtune.api import GROUP, VERSION
 from labtune.contract.generate import GenerateConfig
@@ -211,3 +211,26 @@ def test_operator_metrics_are_served(operator_process: OperatorProcess, cluster:
     assert 'labtune_reconciliations_total{kind="SyntheticDataRun",result="ok"}' in text
     assert 'labtune_reconcile_duration_seconds_bucket{kind="SyntheticDataRun"' in text
     assert 'labtune_resources{kind="SyntheticDataRun",state="Waiting"}' in text
+
+
+def test_a_tuning_job_fails_with_the_reason_of_its_failed_run(cluster: Cluster, kubelet: Kubelet) -> None:
+    """Runs are final: a TuningJob on a SyntheticDataRun that failed can never get its datasets, so
+    it fails at once, saying which run failed and why (issue 12, class 7)."""
+    cluster.create(taxonomy("tax6"))
+    kubelet.finish(sync_job(cluster, "tax6"), 0, sync_summary([]))
+    cluster.create(data_run("sdg6", "tax6", {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}}))
+    cluster.create(tuning_job("tune6", data={"syntheticDataRunRef": {"name": "sdg6"}}))
+    waiting = cluster.status_when("tuningjobs", "tune6", lambda s: s.get("state") == "Waiting", "waiting")
+    assert condition(waiting, "Ready")["reason"] == "WaitingForSyntheticDataRun"
+
+    line = "error: teacher at http://teacher:8000/v1 refused the API key (401 Unauthorized)"
+    kubelet.finish(cluster.job("sdg6-generate")["metadata"]["name"], 78, line)
+    cluster.status_when("syntheticdataruns", "sdg6", lambda s: s.get("state") == "Failed", "the run failed")
+    failed = cluster.status_when("tuningjobs", "tune6", lambda s: s.get("state") == "Failed", "failed", 20)
+    ready = condition(failed, "Ready")
+    assert ready["reason"] == "SyntheticDataRunFailed"
+    assert ready["message"].startswith("SyntheticDataRun sdg6 failed: ")
+    assert "refused the API key (401 Unauthorized)" in ready["message"]
+    assert failed["completionTime"]
+    assert "jobName" not in failed  # it never started a trainer
+    eventually(lambda: "SyntheticDataRunFailed" in {e.reason for e in cluster.events("tune6")} or None)

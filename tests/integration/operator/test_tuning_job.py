@@ -41,7 +41,8 @@ def test_trainer_job_carries_gpu_scheduling_and_the_config(cluster: Cluster, gpu
     assert status["jobName"] == "gpu-train"
     assert status["state"] == "Pending"
     assert status["startTime"]
-    assert condition(status, "Ready")["reason"] in ("JobCreated", "PodsStarting")
+    # Unschedulable once the scheduler has seen the claims: no volume is bound to them here.
+    assert condition(status, "Ready")["reason"] in ("JobCreated", "PodsStarting", "Unschedulable")
     assert condition(status, "Reconciling")["status"] == "True"
     assert status["lineage"]["baseModel"] == "pvc://models/smollm2"
 
