@@ -90,6 +90,7 @@ def build_generate_config(
             api_key_env=API_KEY_ENV if teacher.endpoint.api_key_secret_ref else None,
             ca_file=f"{TEACHER_CA_DIR}/ca.crt" if teacher.endpoint.ca_secret_ref else None,
             max_concurrency=spec.scale.max_concurrency,
+            max_reply_bytes=teacher.endpoint.max_reply_bytes,
         )
     else:
         teacher_config = TeacherConfig(

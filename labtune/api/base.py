@@ -194,14 +194,40 @@ class ConfigMapKeyReference(ApiModel):
 # --- scheduling -------------------------------------------------------------------------------
 
 
+_QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"  # optional DNS prefix
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_KEY_MESSAGE = "a label key: an optional DNS prefix and '/', then letters, digits, '-', '_' and '.'"
+_VALUE_MESSAGE = (
+    "a label value: letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+)
+
+LabelKey = Annotated[
+    str,
+    Field(
+        max_length=317,
+        json_schema_extra=rules(cel(f"self.matches(r'{_QUALIFIED_NAME}')", f"must be {_KEY_MESSAGE}")),
+    ),
+]
+LabelValue = Annotated[
+    str,
+    Field(
+        max_length=63,
+        json_schema_extra=rules(cel(f"self.matches(r'{_LABEL_VALUE}')", f"must be {_VALUE_MESSAGE}")),
+    ),
+]
+
+
 class Toleration(ApiModel):
     """A pod toleration, as in `core/v1` (added to the nvidia.com/gpu toleration labtune always sets)."""
 
-    key: Annotated[str, Field(max_length=317)] | None = None
+    key: LabelKey | None = None
     """Taint key to tolerate; empty with operator Exists tolerates everything."""
     operator: Literal["Exists", "Equal"] | None = None
     """`Exists` or `Equal` (the default)."""
-    value: Annotated[str, Field(max_length=63)] | None = None
+    value: LabelValue | None = None
     """Taint value to match when the operator is `Equal`."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches every effect."""
@@ -223,8 +249,14 @@ class SchedulingSpec(ApiModel):
     shm_size: Quantity | None = None
     """Size limit of the memory-backed /dev/shm (defaults to half the memory limit, or 16Gi)."""
     node_selector: Annotated[
-        dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]],
-        Field(max_length=32),
+        dict[Annotated[str, Field(max_length=317)], LabelValue],
+        Field(
+            max_length=32,
+            # Structural schemas cannot constrain map keys, so the keys are checked over the map.
+            json_schema_extra=rules(
+                cel(f"self.all(k, k.matches(r'{_QUALIFIED_NAME}'))", f"every key must be {_KEY_MESSAGE}")
+            ),
+        ),
     ] = Field(default_factory=dict)
     """Node labels the pods must match."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)

@@ -24,6 +24,11 @@ from labtune.api.base import (
 )
 from labtune.api.resource import PrinterColumn, Resource
 
+# A 512-token reply (the most the built-in pipelines ask for) is a few KiB of JSON, even with every
+# character \u-escaped; 256 KiB leaves room for custom pipelines with replies of ~16k tokens and
+# still stops a runaway teacher long before memory or the volume notice.
+DEFAULT_MAX_REPLY_BYTES = 256 * 1024
+
 
 class TaxonomyReference(ApiModel):
     """The Taxonomy to generate from."""
@@ -44,8 +49,10 @@ class TeacherEndpoint(ApiModel):
             max_length=2048,
             json_schema_extra=rules(
                 cel(
-                    "isURL(self) && url(self).getScheme() in ['http', 'https']",
-                    "teacher endpoint url must be an http:// or https:// URL, e.g. http://teacher:8000/v1",
+                    "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHost() != ''"
+                    " && !self.contains('?') && !self.contains('#')",
+                    "teacher endpoint url must be an http:// or https:// URL with a host and no query or "
+                    "fragment, e.g. http://teacher:8000/v1",
                 )
             ),
         ),
@@ -57,6 +64,9 @@ class TeacherEndpoint(ApiModel):
     """Secret key holding the API key (passed to the pod through secretKeyRef only)."""
     ca_secret_ref: SecretKeyReference | None = None
     """Secret key holding a PEM CA bundle for a private TLS endpoint."""
+    max_reply_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = DEFAULT_MAX_REPLY_BYTES
+    """Largest reply body accepted from the teacher; a larger one is dropped and counted, so a
+    server that ignores `max_tokens` cannot exhaust the generator's memory or volume."""
 
 
 class TeacherModel(ApiModel):

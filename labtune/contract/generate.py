@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from labtune.api.synthetic_data_run import GenerationOutputs, MixingSpec, ScaleSpec
+from labtune.api.synthetic_data_run import (
+    DEFAULT_MAX_REPLY_BYTES,
+    GenerationOutputs,
+    MixingSpec,
+    ScaleSpec,
+)
 from labtune.contract.common import ContractModel, PodConfig
 from labtune.contract.taxonomy import GitCheckout
 
@@ -32,13 +38,45 @@ class TeacherConfig(ContractModel):
     max_concurrency: Annotated[int, Field(ge=1)] = 32
     """Requests in flight at once (openai)."""
     timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    """Limit on one attempt of a request, from connecting to the last byte of the reply (openai)."""
     max_retries: Annotated[int, Field(ge=0)] = 5
-    """Retries of a failed request, with exponential backoff, before the run stops (openai)."""
+    """Retries of a request that timed out, could not connect, got a 408/409/429/5xx or a reply
+    that is not the OpenAI API's; then the run stops (malformed replies: the sample is dropped)."""
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
+    """Wait before the first retry; doubled for each further one, at most 8 s (openai)."""
+    max_reply_bytes: Annotated[int, Field(ge=4096)] = DEFAULT_MAX_REPLY_BYTES
+    """Largest reply body read from the teacher; a larger one is dropped and counted (openai)."""
     batch_size: Annotated[int, Field(ge=1)] = 8
     """Prompts per generate call (transformers)."""
     tokenizer: str | None = None
     """Tokenizer for chunking documents (a Hugging Face folder or a .gguf, path or artifact URI);
     the transformers teacher's own when unset, else about four characters per token."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        # The same rule as the CRD's for teacher.endpoint.url, for configs written by hand.
+        if url is not None and not _is_http_url(url):
+            raise ValueError(
+                f"teacher.url {url!r} must be an http:// or https:// URL with a host and no query or "
+                "fragment, e.g. http://teacher:8000/v1"
+            )
+        return url
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port != 0
+        and "?" not in url
+        and "#" not in url
+    )
 
 
 class PipelineRef(ContractModel):

@@ -257,6 +257,42 @@ BAD_INPUT = [
         "must be a lowercase RFC 1123 label",
         id="job-phase-name",
     ),
+    pytest.param(
+        JOB,
+        _set("resources.nodeSelector", {"pool": "gpu nodes"}),
+        "must be a label value: letters, digits",
+        id="job-node-selector-value",
+    ),
+    pytest.param(
+        JOB,
+        _set("resources.nodeSelector", {"node pool!": "gpu"}),
+        "every key must be a label key",
+        id="job-node-selector-key",
+    ),
+    pytest.param(
+        TAXONOMY,
+        _set("scheduling", {"tolerations": [{"key": "team/a b", "operator": "Exists"}]}),
+        "must be a label key",
+        id="taxonomy-toleration-key",
+    ),
+    pytest.param(
+        JOB,
+        _set("resources.tolerations", [{"key": "dedicated", "value": "-ml"}]),
+        "must be a label value",
+        id="job-toleration-value",
+    ),
+    pytest.param(
+        RUN,
+        _set("teacher.endpoint", {"url": "http://teacher:8000/v1?key=abc", "model": "m"}),
+        "with a host and no query or fragment",
+        id="run-teacher-url-query",
+    ),
+    pytest.param(
+        RUN,
+        _set("teacher.endpoint", {"url": "http://teacher:8000/v1", "model": "m", "maxReplyBytes": 100}),
+        "maxReplyBytes in body should be greater than or equal to 4096",
+        id="run-teacher-reply-bound",
+    ),
 ]
 
 
