@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -70,19 +72,34 @@ def read(path: Path, name: str) -> str:
     raise DocumentError(f"{name}: unsupported document format {suffix or '(none)'}: use Markdown or PDF")
 
 
+@contextmanager
+def _git(source: DocumentSource, template: GitCheckout) -> Iterator[GitCheckout]:
+    """The checkout of the documents' commit (credentials and bounds as in `template`); a failure
+    retrying cannot help becomes a DocumentError, others stay GitErrors (the Job retries)."""
+    try:
+        yield template.model_copy(
+            update={"url": source.repo, "commit": source.commit, "branch": None, "tag": None}
+        )
+    except gitrepo.GitConfigError as error:
+        raise DocumentError(f"knowledge documents: {error}") from None
+    except gitrepo.GitError as error:
+        raise gitrepo.GitError(f"knowledge documents: {error}") from None
+
+
+def check(source: DocumentSource, template: GitCheckout) -> None:
+    """Proves that the documents' repository has the commit, without fetching its files."""
+    with _git(source, template) as spec:
+        gitrepo.probe(spec)
+
+
 def checkout(source: DocumentSource, cache: Path, template: GitCheckout) -> Path:
-    """The repository at the commit, cloned once into `cache` (bounds as in `template`)."""
+    """The repository at the commit, cloned once into `cache`."""
     key = hashlib.sha256(f"{source.repo}@{source.commit}".encode()).hexdigest()[:16]
     dest = cache / key
     done = dest / ".labtune-complete"
     if not done.exists():
-        spec = template.model_copy(
-            update={"url": source.repo, "commit": source.commit, "branch": None, "tag": None}
-        )
-        try:
+        with _git(source, template) as spec:
             gitrepo.clone(spec, dest / "repo")
-        except gitrepo.GitError as error:
-            raise DocumentError(f"documents {source.repo}@{source.commit}: {error}") from None
         done.touch()
     return dest / "repo"
 

@@ -12,16 +12,18 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs
 from labtune.contract import ConfigError, resolve_artifact
+from labtune.contract.common import output_path
 from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
 from labtune.generator import gitrepo, pipeline, summaries
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.chunking import TokenCounter, approximate_tokens
-from labtune.generator.documents import DocumentSource, fetch
+from labtune.generator.documents import Document, DocumentSource, fetch
 from labtune.generator.engine import Engine, Row, to_messages
 from labtune.generator.leaves import LeafType
 from labtune.generator.metrics import GeneratorMetrics
@@ -244,15 +246,21 @@ def load_pipeline(config: GenerateConfig) -> Pipeline:
     return pipeline.load_builtin(config.pipeline.builtin or "simple")
 
 
-def _jobs(
-    config: GenerateConfig,
-    root: Path,
-    flow_pipeline: Pipeline,
-    count: TokenCounter,
-    teacher: str,
-    documents_cache: Path,
-) -> list[LeafJob]:
-    base = config.base if config.leaves == "changed" else EMPTY_BASE
+@dataclass(frozen=True)
+class _Leaf:
+    """A selected leaf that passed validation, with its documents read."""
+
+    path: str
+    leaf_type: LeafType
+    contents: dict[str, Any]
+    documents: list[Document]
+
+
+def _select(
+    config: GenerateConfig, root: Path, base: str, flow_pipeline: Pipeline, documents_cache: Path
+) -> list[_Leaf]:
+    """The leaves to generate for; a ConfigError when one is invalid, the pipeline has no flow for
+    it or its documents cannot be read, or when there is none."""
     result = scan(root, base=base, include=config.include, exclude=config.exclude, validate="changed")
     selected = {f.path: f for f in result.report.files if f.path in set(result.changed)}
     errors = [(f.path, i) for f in selected.values() for i in f.errors]
@@ -265,18 +273,28 @@ def _jobs(
     leaves = [(f.path, f.leaf_type, f.contents) for f in selected.values() if f.leaf_type and f.contents]
     if not leaves:
         raise ConfigError(f"no leaves to generate for (leaves={config.leaves}, base={base})")
-    jobs = []
+    selection = []
     for path, leaf_type, contents in leaves:
+        flow_pipeline.flow(leaf_type)  # a pipeline without a flow for the leaf fails now, not mid-run
         documents = (
             fetch(DocumentSource.model_validate(contents["document"]), documents_cache, config.taxonomy)
             if leaf_type == "knowledge"
             else []
         )
-        rows = rows_for(leaf_type, contents, documents, count, config.scale.chunk_tokens)
+        selection.append(_Leaf(path, leaf_type, contents, documents))
+    return selection
+
+
+def _jobs(
+    config: GenerateConfig, leaves: list[_Leaf], flow_pipeline: Pipeline, count: TokenCounter, teacher: str
+) -> list[LeafJob]:
+    jobs = []
+    for leaf in leaves:
+        rows = rows_for(leaf.leaf_type, leaf.contents, leaf.documents, count, config.scale.chunk_tokens)
         fingerprint = _fingerprint(
             flow_pipeline.fingerprint(), rows, config.scale.samples_per_seed, config.scale.seed, teacher
         )
-        jobs.append(LeafJob(path, leaf_type, rows, fingerprint))
+        jobs.append(LeafJob(leaf.path, leaf.leaf_type, rows, fingerprint))
     return jobs
 
 
@@ -286,18 +304,23 @@ async def generate_async(
     """Runs the generation; a teacher may be handed in (tests, benchmarks), else it is made from
     the config. Raises ConfigError, TeacherError, GitError or GenerationError."""
     metrics = metrics or GeneratorMetrics()
+    # The config and everything it names are checked before a teacher is made (it may load a model)
+    # and before the output folder is touched: a bad config fails in seconds and leaves no trace.
     flow_pipeline = load_pipeline(config)
-    output = resolve_artifact(config.output, config.artifact_root)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_path(config.output, config.artifact_root, "output")
+    for replay in config.mixing.replay:  # read again for mixing, hours later: a bad line fails now
+        read_replay(resolve_artifact(replay.uri, config.artifact_root), replay.uri)
+    base = config.base if config.leaves == "changed" else EMPTY_BASE
+    with tempfile.TemporaryDirectory(prefix="labtune-generate-") as workdir:
+        root = Path(workdir) / "taxonomy"
+        commit = gitrepo.clone(config.taxonomy, root, base=base)
+        leaves = _select(config, root, base, flow_pipeline, Path(workdir) / "documents")
     owned = teacher is None
     teacher = teacher or make_teacher(config.teacher, config.artifact_root, metrics)
     try:
-        with tempfile.TemporaryDirectory(prefix="labtune-generate-") as workdir:
-            root = Path(workdir) / "taxonomy"
-            base = config.base if config.leaves == "changed" else EMPTY_BASE
-            commit = gitrepo.clone(config.taxonomy, root, base=base)
-            count = token_counter(config.teacher, config.artifact_root, teacher)
-            jobs = _jobs(config, root, flow_pipeline, count, teacher.model_name, Path(workdir) / "documents")
+        count = token_counter(config.teacher, config.artifact_root, teacher)
+        jobs = _jobs(config, leaves, flow_pipeline, count, teacher.model_name)
+        output.mkdir(parents=True, exist_ok=True)
         metrics.leaves_total.set(len(jobs))
         run = _Run(config, flow_pipeline, teacher, metrics, commit, output)
         results, samples, failures = await run.leaves(jobs)

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from labtune.api.taxonomy import ValidationIssue
-from labtune.contract import resolve_artifact
-from labtune.contract.taxonomy import LeafManifest, ManifestLeaf, TaxonomySyncConfig, TaxonomySyncSummary
-from labtune.generator import gitrepo, summaries
+from labtune.contract.common import output_path
+from labtune.contract.taxonomy import (
+    GitCheckout,
+    LeafManifest,
+    ManifestLeaf,
+    TaxonomySyncConfig,
+    TaxonomySyncSummary,
+)
+from labtune.generator import documents, gitrepo, summaries
 from labtune.generator.taxonomy import TaxonomyScan, scan
-from labtune.generator.validation import FileReport, Issue
+from labtune.generator.validation import FileReport, Issue, ValidationReport, line_of
 
 _MESSAGE_CHARS = 300  # keep single messages short in status; the manifest has them whole
+_DOCUMENT_PROBES = 8  # document repositories checked at once (each mostly waits on the network)
 
 
 def _issues(path: str, issues: list[Issue], limit: int | None = None) -> list[ValidationIssue]:
@@ -33,6 +41,36 @@ def _manifest_leaf(root: Path, file: FileReport, changed: set[str]) -> ManifestL
         errors=_issues(file.path, file.errors),
         warnings=_issues(file.path, file.warnings),
     )
+
+
+def _unfetchable(source: documents.DocumentSource, template: GitCheckout) -> str | None:
+    """Why the documents cannot be fetched, or None; raises GitError when retrying may help."""
+    try:
+        documents.check(source, template)
+    except documents.DocumentError as error:
+        return str(error)
+    return None
+
+
+def _check_documents(root: Path, report: ValidationReport, template: GitCheckout) -> None:
+    """An error on each valid knowledge leaf whose documents cannot be fetched (no such repository
+    or commit, credentials refused), found now rather than by a generation run; one probe per
+    repository and commit, with the taxonomy's credentials and bounds."""
+    leaves = {
+        file.path: (file, documents.DocumentSource.model_validate(file.contents["document"]))
+        for file in report.files
+        if file.leaf_type == "knowledge" and file.contents
+    }
+    sources = {(s.repo, s.commit): s for _, s in leaves.values()}
+    with ThreadPoolExecutor(_DOCUMENT_PROBES) as pool:
+        failures = dict(
+            zip(sources, pool.map(lambda s: _unfetchable(s, template), sources.values()), strict=True)
+        )
+    for path, (file, source) in leaves.items():
+        if reason := failures[(source.repo, source.commit)]:
+            line = line_of((root / path).read_text(encoding="utf-8"), ".document.repo") or 1
+            file.errors.append(Issue(line=line, message=reason))
+            file.contents = None  # contents are kept for valid leaves only
 
 
 def manifest(root: Path, commit: str, base: str, result: TaxonomyScan) -> LeafManifest:
@@ -63,13 +101,15 @@ def summarize(commit: str, result: TaxonomyScan, manifest_uri: str) -> TaxonomyS
 
 
 def sync(config: TaxonomySyncConfig) -> TaxonomySyncSummary:
-    """Runs the sync and writes the manifest; raises gitrepo.GitError when the clone fails."""
+    """Runs the sync and writes the manifest; raises gitrepo.GitConfigError when the repository or
+    ref is wrong, gitrepo.GitError when the clone fails for a reason retrying may help."""
+    path = output_path(config.manifest, config.artifact_root, "manifest", folder=False)
     with tempfile.TemporaryDirectory(prefix="labtune-taxonomy-") as workdir:
         root = Path(workdir)
         commit = gitrepo.clone(config.git, root, base=config.base)
         result = scan(root, base=config.base, include=config.include, exclude=config.exclude)
+        _check_documents(root, result.report, config.git)
         leaf_manifest = manifest(root, commit, config.base, result)
-    path = resolve_artifact(config.manifest, config.artifact_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(leaf_manifest.model_dump_json(by_alias=True, indent=1))
     return summarize(commit, result, config.manifest)

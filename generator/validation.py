@@ -122,7 +122,7 @@ def _collected() -> Iterator[_Collector]:
         _PARSER_LOGGER.propagate = propagate
 
 
-def _line_of(text: str, yaml_path: str) -> int | None:
+def line_of(text: str, yaml_path: str) -> int | None:
     """The line of the node at a JSON path such as `.seed_examples[2].answer` (its closest
     existing ancestor when the node itself is missing)."""
     try:
@@ -172,7 +172,7 @@ def validate_file(root: Path, path: str) -> FileReport:
     report = FileReport(path=path)
     for severity, line, column, yaml_path, message in collector.records:
         if yaml_path and line == 1:
-            line = _line_of(text, yaml_path) or line
+            line = line_of(text, yaml_path) or line
         shown = f"{message} (at {yaml_path})" if yaml_path and yaml_path != "." else message
         (report.errors if severity == "error" else report.warnings).append(
             Issue(line=line, column=column, message=shown)

@@ -6,6 +6,7 @@ torch and transformers are imported inside the command so that `labtune --help` 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,8 +20,10 @@ from labtune.contract import (
     EXIT_PREEMPTED,
     ConfigError,
     load_config,
+    resolve_artifact,
     write_summary,
 )
+from labtune.contract.common import output_path
 from labtune.contract.train import TrainConfig, TrainSummary
 
 log = logging.getLogger("labtune.trainer")
@@ -49,6 +52,7 @@ def run(config_path: Path) -> int:
     _configure_logging(processes.rank() == 0)
     try:
         config = load_config(config_path, TrainConfig)
+        _check_paths(config)
         if needs_launch(config):
             return launch(config, config_path)
         code = _train(config)
@@ -57,6 +61,18 @@ def run(config_path: Path) -> int:
         code = EXIT_CONFIG_ERROR
     record_exit(code)
     return code
+
+
+def _check_paths(config: TrainConfig) -> None:
+    """The paths the config names, checked before torch is imported (some 20 s) so that a wrong
+    one fails at once: the output folder can be written, the base model and datasets exist."""
+    output_path(config.output, config.artifact_root, "output")
+    if not resolve_artifact(config.base_model.uri, config.artifact_root).exists():
+        raise ConfigError(f"base model {config.base_model.uri} does not exist")
+    for dataset in sorted({phase.dataset for phase in config.phases}):
+        path = resolve_artifact(getattr(config.datasets, dataset), config.artifact_root)
+        if not path.exists():
+            raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
 
 
 def _train(config: TrainConfig) -> int:

@@ -43,14 +43,10 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
     check_base_model(base, config.base_model.uri)
     tokenizer = load_tokenizer(base, config.base_model.chat_template)
     data = _phase_data(config, tokenizer)
-    layout.root.mkdir(parents=True, exist_ok=True)
     _check_same_run(config, layout)
-    restarts = 0
-    if processes.rank() == 0:
-        layout.remove_temporaries()
-        restarts = layout.count_start()
-
-    results, runs = _train_phases(config, layout, base, tokenizer, data, stop)
+    start = _Start(config, layout)
+    results, runs = _train_phases(config, layout, base, tokenizer, data, stop, start)
+    restarts = start.record()  # recorded already, unless every phase was done before this start
     last = results[-1]
     output = TuningOutput()
     if processes.rank() == 0:
@@ -83,14 +79,36 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
     return TrainSummary.model_validate_json(layout.summary.read_text())
 
 
+def _recorded(config: TrainConfig) -> str:
+    return json.dumps(config.model_dump(mode="json", exclude=_RUNTIME_FIELDS), sort_keys=True)
+
+
 def _check_same_run(config: TrainConfig, layout: Layout) -> None:
     """A restart must not mix checkpoints of a different config into its run."""
-    recorded = json.dumps(config.model_dump(mode="json", exclude=_RUNTIME_FIELDS), sort_keys=True)
-    if layout.config.exists():
-        if layout.config.read_text() != recorded:
-            raise ConfigError(f"output {config.output} holds a run of a different config; use a new output")
-    elif processes.rank() == 0:
-        write_text_atomic(layout.config, recorded)
+    if layout.config.exists() and layout.config.read_text() != _recorded(config):
+        raise ConfigError(f"output {config.output} holds a run of a different config; use a new output")
+
+
+class _Start:
+    """Records the start of the run in its output folder (its config, the count of starts) once
+    the config has passed its last check, the first model loading: a config that fails leaves the
+    folder as it was, so the corrected one is not refused there as a run of a different config."""
+
+    def __init__(self, config: TrainConfig, layout: Layout) -> None:
+        self._config, self._layout = config, layout
+        self._restarts: int | None = None
+
+    def record(self) -> int:
+        """How many restarts came before this start; the first call records it."""
+        if self._restarts is None:
+            self._restarts = 0
+            self._layout.root.mkdir(parents=True, exist_ok=True)
+            if processes.rank() == 0:
+                if not self._layout.config.exists():
+                    write_text_atomic(self._layout.config, _recorded(self._config))
+                self._layout.remove_temporaries()
+                self._restarts = self._layout.count_start()
+        return self._restarts
 
 
 def _phase_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, PhaseData]:
@@ -117,6 +135,7 @@ def _train_phases(
     tokenizer: PreTrainedTokenizerBase,
     data: dict[str, PhaseData],
     stop: StopRequest,
+    run_start: _Start,
 ) -> tuple[list[PhaseResult], list[PhaseRun]]:
     """Each phase's result (trained now or read back) and the runs made by this process."""
     world = processes.world_size()
@@ -155,6 +174,7 @@ def _train_phases(
                 )
                 set_seed(config.seed)  # the adapter's initial weights, like every run of this config
                 model = phase_model(base, config.method, start)
+                run_start.record()
                 callbacks = [ProgressCallback(phase.name, progress, metrics)]
                 run = train_phase(
                     config,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Final, Literal, TypeVar
 
@@ -47,14 +48,24 @@ class PodConfig(ContractModel):
 ConfigT = TypeVar("ConfigT", bound=PodConfig)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: `line 3, column 5: mapping values are not allowed here`."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    return " ".join(str(error).split())
+
+
 def load_config(path: Path, model: type[ConfigT]) -> ConfigT:
     """Reads a YAML or JSON config file; any problem becomes one ConfigError line naming the file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {error}") from error
+        raise ConfigError(f"config {path} is not valid YAML: {yaml_problem(error)}") from error
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -75,6 +86,23 @@ def resolve_artifact(uri: str, artifact_root: str | Path) -> Path:
     if not claim or ".." in Path(relative).parts:
         raise ConfigError(f"artifact {uri}: expected pvc://<claim>/<path> without '..'")
     return Path(artifact_root) / claim / relative
+
+
+def output_path(uri: str, artifact_root: str | Path, name: str, *, folder: bool = True) -> Path:
+    """The local path of an output artifact (`name` in messages), checked before any work so that
+    a bad one fails in seconds: a folder (with folder=False, a file) this process can write there or
+    create. Creates nothing."""
+    path = resolve_artifact(uri, artifact_root)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file, not a folder" if folder else "a folder, not a file"
+        raise ConfigError(f"{name} {uri} is {kind}")
+    # The output itself when it exists, else the folder it would be created in, must be writable.
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise ConfigError(f"{name} {uri} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+        raise ConfigError(f"{name} {uri} cannot be written: {existing} is not writable")
+    return path
 
 
 def write_summary(summary: BaseModel, path: str | Path) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from labtune.contract import EXIT_FAILED
+from labtune.contract import EXIT_CONFIG_ERROR
 
 if TYPE_CHECKING:
     from labtune_dev.gitserver import GitServer
@@ -79,13 +79,13 @@ def test_sync_over_https(
 
     (credentials / "password").write_text("wrong")
     run, _ = _sync(tmp_path, checkout)
-    assert run.returncode == EXIT_FAILED
+    assert run.returncode == EXIT_CONFIG_ERROR  # retrying cannot help: the Job fails at once
     assert run.stderr.strip().splitlines()[-1].startswith("error: cannot fetch branch feature from https://")
     assert "Authentication failed" in run.stderr
 
     (credentials / "password").write_text(git_server.password)
     run, _ = _sync(tmp_path, {**checkout, "caFile": None})
-    assert run.returncode == EXIT_FAILED
+    assert run.returncode == EXIT_CONFIG_ERROR  # retrying cannot help: the Job fails at once
     assert "certificate" in run.stderr.lower()
 
     # The CA may also come in the git Secret as `ca.crt` (Flux's convention): the Taxonomy's Secret

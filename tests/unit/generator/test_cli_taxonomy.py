@@ -108,5 +108,5 @@ def test_sync_bad_config_and_unreachable_repository(tmp_path: Path) -> None:
     assert "surprise" in result.output
     config.write_text(f"git: {{url: '{tmp_path}/missing'}}\nmanifest: {tmp_path}/m.json\n")
     result = CliRunner().invoke(main, ["taxonomy", "sync", "--config", str(config)])
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == EXIT_CONFIG_ERROR  # no such repository: retrying cannot help
     assert result.output.startswith("error: cannot fetch the default branch from")
