@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs
+from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs, LeafFailure
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import output_path
 from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
@@ -56,7 +56,7 @@ class Report(BaseModel):
     teacher_model: str
     pipeline: str
     leaves: list[LeafResult]
-    failures: list[str]
+    failures: list[LeafFailure]
 
 
 def make_teacher(config: TeacherConfig, artifact_root: str, metrics: GeneratorMetrics) -> Teacher:
@@ -161,7 +161,7 @@ class _Run:
             uri=f"{self.config.output.rstrip('/')}/{name}.jsonl", samples=len(records), sha256=digest
         )
 
-    async def leaves(self, jobs: list[LeafJob]) -> tuple[list[LeafResult], list[Record], list[str]]:
+    async def leaves(self, jobs: list[LeafJob]) -> tuple[list[LeafResult], list[Record], list[LeafFailure]]:
         scale = self.config.scale
         engine = Engine(self.teacher, self.metrics, self.pipeline.system, scale.seed, scale.samples_per_seed)
         results: dict[str, tuple[LeafResult, list[Record]]] = {}
@@ -181,6 +181,7 @@ class _Run:
                 results[job.path] = await run_leaf(job, self.pipeline, engine, checkpoint, metadata)
             except GenerationError as error:
                 failures[job.path] = str(error)
+                log.warning("%s", error)
                 return
             self.metrics.leaves_done.inc()
             self.metrics.samples_kept.inc(results[job.path][0].samples)
@@ -197,10 +198,10 @@ class _Run:
         return (
             [r for r, _ in ordered],
             [s for _, samples in ordered for s in samples],
-            [failures[j.path] for j in jobs if j.path in failures],
+            [LeafFailure(path=j.path, reason=failures[j.path][:1024]) for j in jobs if j.path in failures],
         )
 
-    def write_report(self, results: list[LeafResult], failures: list[str]) -> None:
+    def write_report(self, results: list[LeafResult], failures: list[LeafFailure]) -> None:
         report = Report(
             taxonomy_commit=self.commit,
             teacher_model=self.teacher.model_name,
@@ -210,7 +211,9 @@ class _Run:
         )
         (self.output / "report.json").write_text(report.model_dump_json(indent=1))
 
-    def write_datasets(self, results: list[LeafResult], samples: list[Record]) -> GenerateSummary:
+    def write_datasets(
+        self, results: list[LeafResult], samples: list[Record], failures: list[LeafFailure]
+    ) -> GenerateSummary:
         knowledge = [s for s in samples if s.metadata.leaf_type == "knowledge"]
         skills = [s for s in samples if s.metadata.leaf_type != "knowledge"]
         mixing = self.config.mixing
@@ -230,14 +233,16 @@ class _Run:
             pipeline=self.pipeline.name,
             outputs=outputs,
             leaves_done=len(results),
-            leaves_total=len(results),
+            leaves_total=len(results) + len(failures),
             samples_generated=sum(_generated(r, self.pipeline) for r in results),
             samples_kept=len(samples),
             stages=dict(stages),
             leaves=[LeafSummary(path=r.path, stages=_stage_summary(r)) for r in results],
             report=f"{self.config.output.rstrip('/')}/report.json",
+            failed_leaves=failures[:20],
+            failed_leaf_count=len(failures),
         )
-        return summaries.fit(summary, ("leaves",))
+        return summaries.fit(summary, ("leaves", "failed_leaves"))
 
 
 def load_pipeline(config: GenerateConfig) -> Pipeline:
@@ -328,12 +333,14 @@ async def generate_async(
         if owned:
             await teacher.aclose()
     run.write_report(results, failures)
-    if failures:
-        # The finished leaves stay checkpointed; no dataset is written without every leaf.
+    if failures and (config.leaf_failure_policy == "FailRun" or not results):
+        # The finished leaves stay checkpointed: a run with the same output resumes them.
+        skip = " (or set leafFailurePolicy: SkipLeaf to finish without it)" if results else ""
         raise GenerationError(
-            f"{len(failures)} of {len(jobs)} leaves produced nothing: {'; '.join(failures)}"
+            f"{len(failures)} of {len(jobs)} leaves produced nothing{skip}: "
+            + "; ".join(f.reason for f in failures)
         )
-    return run.write_datasets(results, samples)
+    return run.write_datasets(results, samples, failures)
 
 
 def generate(

@@ -80,6 +80,10 @@ class RunKind(Protocol):
         """GPUs the run's pods hold together, for GPU-seconds accounting."""
         ...
 
+    def completed_note(self, status: Mapping[str, Any]) -> str:
+        """What a person should know about a succeeded run beyond its completion ('' if nothing)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -230,7 +234,8 @@ def reconcile_run(
                 "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {error}"
             )
         else:
-            outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed")
+            note = kind.completed_note(status)
+            outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed{note}")
         status["completionTime"] = view.completion_time or timestamp
     else:
         problem = why_pods_wait(kube, namespace, pods) if starting else None

@@ -119,6 +119,7 @@ def build_generate_config(
         scale=spec.scale,
         mixing=spec.mixing,
         output=output,
+        leaf_failure_policy=spec.leaf_failure_policy,
     )
 
 
@@ -211,11 +212,23 @@ class SyntheticDataRunKind:
             "samplesGenerated": parsed.samples_generated,
             "samplesKept": parsed.samples_kept,
         }
-        return {"outputs": parsed.outputs.to_wire(), "progress": progress}
+        status: dict[str, Any] = {"outputs": parsed.outputs.to_wire(), "progress": progress}
+        if parsed.failed_leaf_count:
+            status["failedLeaves"] = [f.to_wire() for f in parsed.failed_leaves]
+            status["failedLeafCount"] = parsed.failed_leaf_count
+        return status
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         model = (spec.get("teacher") or {}).get("model")
         return int(model.get("gpus", 1)) if model else 0
+
+    def completed_note(self, status: Mapping[str, Any]) -> str:
+        count = status.get("failedLeafCount")
+        if not count:
+            return ""
+        first = status["failedLeaves"][0] if status.get("failedLeaves") else None
+        detail = f"; first: {first['reason']}" if first else ""
+        return f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
 
 
 def progress_status(samples: Samples) -> dict[str, Any]:

@@ -202,6 +202,10 @@ class TuningJobKind:
         resources = spec.get("resources") or {}
         return int(resources.get("gpusPerNode", 1)) * int(resources.get("nodes", 1))
 
+    def completed_note(self, status: Mapping[str, Any]) -> str:
+        del status
+        return ""
+
 
 def progress_status(samples: Samples) -> dict[str, Any]:
     """status.progress / metrics / currentPhase from the trainer's metrics."""

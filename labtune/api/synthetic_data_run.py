@@ -170,6 +170,20 @@ class SyntheticDataRunSpec(BatchSpec):
     """Where the datasets are written; under the operator's default artifact claim when unset."""
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     """Placement of the generator pod."""
+    leaf_failure_policy: Literal["FailRun", "SkipLeaf"] = "FailRun"
+    """When a leaf yields no sample (every one filtered out or rejected): `FailRun` fails the run
+    naming the leaf (the other leaves stay checkpointed in the output, so a run with the same
+    output resumes them); `SkipLeaf` writes the datasets from the other leaves and lists the
+    failed ones in `status.failedLeaves`. A run where every leaf fails always fails."""
+
+
+class LeafFailure(ApiModel):
+    """A leaf that produced no sample, and why."""
+
+    path: Annotated[str, Field(max_length=4096)]
+    """The leaf's qna.yaml, relative to the taxonomy root."""
+    reason: Annotated[str, Field(max_length=1024)]
+    """What happened to its samples, stage by stage."""
 
 
 class DatasetOutput(ApiModel):
@@ -216,6 +230,10 @@ class SyntheticDataRunStatus(RunStatusBase):
     """Progress while running."""
     outputs: GenerationOutputs | None = None
     """The datasets, once succeeded."""
+    failed_leaves: Annotated[list[LeafFailure], Field(max_length=20)] = Field(default_factory=list)
+    """Leaves skipped under `leafFailurePolicy: SkipLeaf` (the first 20; all are in the report)."""
+    failed_leaf_count: Annotated[int, Field(ge=0)] | None = None
+    """How many leaves were skipped."""
 
 
 class SyntheticDataRun(Resource):

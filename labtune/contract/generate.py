@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from labtune.api.synthetic_data_run import (
     DEFAULT_MAX_REPLY_BYTES,
     GenerationOutputs,
+    LeafFailure,
     MixingSpec,
     ScaleSpec,
 )
@@ -109,6 +110,8 @@ class GenerateConfig(PodConfig):
     mixing: MixingSpec = Field(default_factory=MixingSpec)
     output: str
     """Artifact URI of the output folder (datasets, per-leaf checkpoints, the full report)."""
+    leaf_failure_policy: Literal["FailRun", "SkipLeaf"] = "FailRun"
+    """A leaf that yields no sample fails the run, or is skipped and listed (never every leaf)."""
 
 
 class LeafSummary(ContractModel):
@@ -137,3 +140,6 @@ class GenerateSummary(ContractModel):
     """Per leaf, as many as fit the termination log (all of them are in the report)."""
     report: str = ""
     """Artifact URI of the full JSON report (every leaf, every stage, drops by reason)."""
+    failed_leaves: list[LeafFailure] = Field(default_factory=list)
+    """Leaves skipped under leafFailurePolicy SkipLeaf, as many as fit (all are in the report)."""
+    failed_leaf_count: int = 0

@@ -293,6 +293,12 @@ BAD_INPUT = [
         "maxReplyBytes in body should be greater than or equal to 4096",
         id="run-teacher-reply-bound",
     ),
+    pytest.param(
+        RUN,
+        _set("leafFailurePolicy", "Ignore"),
+        'supported values: "FailRun", "SkipLeaf"',
+        id="run-leaf-failure-policy",
+    ),
 ]
 
 

@@ -234,3 +234,41 @@ def test_a_tuning_job_fails_with_the_reason_of_its_failed_run(cluster: Cluster, 
     assert failed["completionTime"]
     assert "jobName" not in failed  # it never started a trainer
     eventually(lambda: "SyntheticDataRunFailed" in {e.reason for e in cluster.events("tune6")} or None)
+
+
+def test_skipped_leaves_are_listed_on_a_succeeded_run(cluster: Cluster, kubelet: Kubelet) -> None:
+    """Under leafFailurePolicy SkipLeaf the generator finishes with the good leaves; the run says
+    which leaf produced nothing and why, in status and in Ready's message (issue 12, class 7)."""
+    cluster.create(taxonomy("tax7"))
+    kubelet.finish(sync_job(cluster, "tax7"), 0, sync_summary([]))
+    run = data_run("sdg7", "tax7", {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}})
+    run["spec"]["leafFailurePolicy"] = "SkipLeaf"
+    cluster.create(run)
+    job = cluster.job("sdg7-generate")["metadata"]["name"]
+    config_map = cluster.core.read_namespaced_config_map(job, cluster.namespace)
+    assert GenerateConfig.model_validate(
+        yaml.safe_load(config_map.data["config.yaml"])
+    ).leaf_failure_policy == ("SkipLeaf")
+    reason = "leaf knowledge/sun/qna.yaml: no sample survived the pipeline (generate_qa 5->20, judge 20->0)"
+    summary = {
+        "taxonomyCommit": COMMIT,
+        "teacherModel": "m",
+        "outputs": {
+            "skills": {"uri": "pvc://labtune-artifacts/x/skills.jsonl", "samples": 40, "sha256": "b" * 64}
+        },
+        "leavesDone": 2,
+        "leavesTotal": 3,
+        "samplesKept": 40,
+        "failedLeaves": [{"path": "knowledge/sun/qna.yaml", "reason": reason}],
+        "failedLeafCount": 1,
+    }
+    kubelet.finish(job, 0, json.dumps(summary))
+    status = cluster.status_when(
+        "syntheticdataruns", "sdg7", lambda s: s.get("state") == "Succeeded", "success"
+    )
+    assert status["failedLeaves"] == summary["failedLeaves"]
+    assert status["failedLeafCount"] == 1
+    assert (status["progress"]["leavesDone"], status["progress"]["leavesTotal"]) == (2, 3)
+    message = condition(status, "Ready")["message"]
+    assert "1 leaf(s) produced nothing and were skipped (status.failedLeaves)" in message
+    assert reason in message

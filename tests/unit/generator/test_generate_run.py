@@ -139,25 +139,77 @@ def test_changed_inputs_discard_checkpoints(
     assert len(teacher.requests) == 3 * 5 * 3
 
 
+def _strict_judge(fake_teacher: type[FakeTeacher]) -> Callable[[CompletionRequest], str | None]:
+    """Replies under which every knowledge sample fails the faithfulness judge."""
+    base = fake_teacher().reply
+
+    def reply(request: CompletionRequest) -> str | None:
+        return "Score: 0" if "faithful" in request.prompt else base(request)
+
+    return reply
+
+
+SUN = "knowledge/astronomy/sun/qna.yaml"
+SUN_FAILED = (
+    f"leaf {SUN}: no sample survived the pipeline (generate_qa 5->20, dedupe 20->20, "
+    "judge_faithfulness 20->0, judge_relevancy 0->0, judge_question 0->0)"
+)
+
+
 def test_nothing_surviving_names_the_leaf_and_the_counts(
     sample_taxonomy: SampleTaxonomy, make_config: MakeConfig, fake_teacher: type[FakeTeacher]
 ) -> None:
-    base = fake_teacher().reply
-
-    def strict_judge(request: CompletionRequest) -> str | None:
-        return "Score: 0" if "faithful" in request.prompt else base(request)
-
     config = make_config(sample_taxonomy, pipeline={"builtin": "full"})
     with pytest.raises(GenerationError) as failure:
-        generate(config, teacher=fake_teacher(reply=strict_judge))
+        generate(config, teacher=fake_teacher(reply=_strict_judge(fake_teacher)))
     assert str(failure.value) == (
-        "1 of 3 leaves produced nothing: leaf knowledge/astronomy/sun/qna.yaml: no sample survived the "
-        "pipeline (generate_qa 5->20, dedupe 20->20, judge_faithfulness 20->0, judge_relevancy 0->0, "
-        "judge_question 0->0)"
+        "1 of 3 leaves produced nothing (or set leafFailurePolicy: SkipLeaf to finish without it): "
+        + SUN_FAILED
     )
     report = json.loads((_output(config) / "report.json").read_text())
-    assert len(report["leaves"]) == 2
-    assert report["failures"] == [str(failure.value).split(": ", 1)[1]]
+    assert len(report["leaves"]) == 2  # the other leaves' samples are kept (checkpointed)
+    assert report["failures"] == [{"path": SUN, "reason": SUN_FAILED}]
+    assert not (_output(config) / "skills.jsonl").exists()
+
+
+def test_skip_leaf_finishes_with_the_good_leaves_and_names_the_failed_one(
+    sample_taxonomy: SampleTaxonomy, make_config: MakeConfig, fake_teacher: type[FakeTeacher]
+) -> None:
+    """The same failure under leafFailurePolicy SkipLeaf: the datasets hold every sample of the
+    other leaves (the same as a run without the failing leaf), and the summary says which failed."""
+    config = make_config(sample_taxonomy, pipeline={"builtin": "full"}, leafFailurePolicy="SkipLeaf")
+    summary = generate(config, teacher=fake_teacher(reply=_strict_judge(fake_teacher)))
+    assert (summary.leaves_done, summary.leaves_total, summary.failed_leaf_count) == (2, 3, 1)
+    assert [f.model_dump() for f in summary.failed_leaves] == [{"path": SUN, "reason": SUN_FAILED}]
+    assert summary.outputs.knowledge is None  # the only knowledge leaf failed
+    assert summary.outputs.skills is not None
+    skills = _records(Path(summary.outputs.skills.uri))
+    assert {r.metadata.leaf for r in skills} == {
+        "compositional_skills/extraction/capitals/qna.yaml",
+        "compositional_skills/writing/haiku/qna.yaml",
+    }
+    report = json.loads((_output(config) / "report.json").read_text())
+    assert report["failures"] == [{"path": SUN, "reason": SUN_FAILED}]
+    alone = make_config(
+        sample_taxonomy,
+        pipeline={"builtin": "full"},
+        include=["compositional_skills/**"],
+        output=str(_output(config).parent / "without-the-leaf"),
+    )
+    without = generate(alone, teacher=fake_teacher())  # from scratch, in a folder of its own
+    assert without.outputs.skills is not None
+    assert without.outputs.skills.sha256 == summary.outputs.skills.sha256
+
+
+def test_skip_leaf_still_fails_a_run_where_every_leaf_failed(
+    sample_taxonomy: SampleTaxonomy, make_config: MakeConfig, fake_teacher: type[FakeTeacher]
+) -> None:
+    config = make_config(
+        sample_taxonomy, pipeline={"builtin": "full"}, include=["knowledge/**"], leafFailurePolicy="SkipLeaf"
+    )
+    with pytest.raises(GenerationError) as failure:
+        generate(config, teacher=fake_teacher(reply=_strict_judge(fake_teacher)))
+    assert str(failure.value) == f"1 of 1 leaves produced nothing: {SUN_FAILED}"
 
 
 def test_malformed_replies_are_dropped_and_counted(
