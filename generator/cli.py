@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_FAILED, ConfigError, load_config, write_summary
+from labtune.contract.common import check_termination_log
 from labtune.contract.generate import GenerateConfig
 from labtune.contract.taxonomy import TaxonomySyncConfig
 
@@ -30,11 +31,13 @@ _base_option = click.option(
     show_default=True,
     help="Validate only the leaves changed since the merge base with this ref (`empty`: every leaf).",
 )
+# No existence or type checks by click (a usage error, exit 2, three lines): load_config reports
+# a missing or unreadable file, or a folder, as the one line of any bad config, exit 78.
 _config_option = click.option(
     "--config",
     "config_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="The pod config file (YAML or JSON).",
 )
 
@@ -149,6 +152,7 @@ def sync(config_path: Path) -> None:
     _logging()
     with _pod_errors(GitError):
         config = load_config(config_path, TaxonomySyncConfig)
+        check_termination_log(config.termination_log)
         summary = run_sync(config)
         click.echo(write_summary(summary, config.termination_log))
 
@@ -166,7 +170,8 @@ def generate(config_path: Path) -> None:
     _logging()
     with _pod_errors(GitError, TeacherError, GenerationError):
         config = load_config(config_path, GenerateConfig)
+        check_termination_log(config.termination_log)
         metrics = GeneratorMetrics()
-        metrics.serve(config.metrics_port)
+        metrics.serve(config.metrics_port)  # at once: a port in use fails before any work
         summary = run_generate(config, metrics=metrics)
         click.echo(write_summary(summary, config.termination_log))

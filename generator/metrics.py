@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from labtune.contract import metrics as names
+from labtune.contract.common import metrics_port_error
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -56,6 +57,10 @@ class GeneratorMetrics:
         self.tokens.labels("out").inc(completion_tokens)
 
     def serve(self, port: int) -> None:
-        """Serves /metrics on `port` in a daemon thread (0: not at all)."""
+        """Serves /metrics on `port` in a daemon thread (0: not at all); a port that cannot be
+        bound (in use) is a ConfigError."""
         if port:
-            start_http_server(port, registry=self.registry)
+            try:
+                start_http_server(port, registry=self.registry)
+            except OSError as error:
+                raise metrics_port_error(port, error) from None

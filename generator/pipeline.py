@@ -8,10 +8,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labtune.contract import ConfigError
+from labtune.contract.common import read_yaml, validation_problems
 from labtune.generator.leaves import LeafType
 from labtune.generator.parsers import Parser, ScoreParser
 
@@ -120,32 +120,31 @@ class Pipeline(_Model):
 
 
 def _inline_prompt_files(data: Any, folder: Path) -> None:
-    """Replaces each block's `prompt_file` by the file's text, so a loaded pipeline is whole."""
+    """Replaces each block's `prompt_file` by the file's text, so a loaded pipeline is whole. Data
+    of the wrong shape is left as it is, for validation to report."""
     flows = data.get("flows") if isinstance(data, dict) else None
-    for flow in (flows or {}).values():
-        for block in (flow or {}).get("blocks") or []:
+    for flow in flows.values() if isinstance(flows, dict) else ():
+        blocks = flow.get("blocks") if isinstance(flow, dict) else None
+        for block in blocks if isinstance(blocks, list) else ():
             if isinstance(block, dict) and isinstance(block.get("prompt_file"), str):
                 prompt_path = folder / block.pop("prompt_file")
                 try:
-                    block["prompt"] = prompt_path.read_text()
+                    block["prompt"] = prompt_path.read_text(encoding="utf-8")
                 except OSError as error:
                     raise ConfigError(f"pipeline prompt {prompt_path}: {error.strerror}") from None
+                except UnicodeDecodeError:
+                    raise ConfigError(f"pipeline prompt {prompt_path} is not UTF-8 text") from None
 
 
 def load(path: Path) -> Pipeline:
-    """A pipeline from a YAML file; prompt files are relative to it. Problems -> ConfigError."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read pipeline {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"pipeline {path} is not valid YAML: {error}") from None
+    """A pipeline from a YAML file; prompt files are relative to it. Problems -> ConfigError, one
+    line naming the file."""
+    data = read_yaml(path, "pipeline")
     _inline_prompt_files(data, path.parent)
     try:
         return Pipeline.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"pipeline {path} is invalid: {problems}") from None
+        raise ConfigError(f"pipeline {path} is invalid: {validation_problems(error)}") from None
 
 
 def packaged_path(name: str) -> Path:

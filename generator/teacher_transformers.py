@@ -4,10 +4,12 @@ sampling settings, sorted by length to limit padding, and generated in batches."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,33 +21,78 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """A tokenizer from a Hugging Face folder or a .gguf file."""
+def load_tokenizer(path: Path, name: str = "teacher tokenizer") -> PreTrainedTokenizerBase:
+    """A tokenizer from a Hugging Face folder or a .gguf file; one that cannot be loaded is a
+    ConfigError naming the path as `name`."""
+    folder, gguf = _location(path, name)
     from transformers import AutoTokenizer
 
-    folder, gguf = _location(path)
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    with _loading(path, name):
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     return tokenizer
 
 
-def _location(path: Path) -> tuple[Path, str | None]:
-    if not path.exists():
-        raise ConfigError(f"teacher model {path} does not exist")
-    return (path.parent, path.name) if path.suffix == ".gguf" else (path, None)
+_GGUF_MAGIC = b"GGUF"
+
+
+def _location(path: Path, name: str) -> tuple[Path, str | None]:
+    """(folder, gguf file name) for from_pretrained, after the checks that need no transformers
+    (importing it takes seconds): a .gguf file must start as one, anything else be a folder."""
+    try:
+        if not path.exists():
+            raise ConfigError(f"{name} {path} does not exist")
+        if path.suffix == ".gguf" and not path.is_dir():
+            with path.open("rb") as file:
+                if file.read(len(_GGUF_MAGIC)) != _GGUF_MAGIC:
+                    raise ConfigError(f"{name} {path} is not a GGUF file")
+            return path.parent, path.name
+    except OSError as error:
+        raise ConfigError(f"cannot read {name} {path}: {error.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"{name} {path} is neither a Hugging Face model folder nor a .gguf file")
+    return path, None
+
+
+def _check_model_config(folder: Path, name: str) -> None:
+    """A model folder has a config.json holding a JSON object (what transformers reads first)."""
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{name} {folder} is not a Hugging Face model folder: no config.json") from None
+    except OSError as error:
+        raise ConfigError(f"{name} {folder}: cannot read config.json: {error.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"{name} {folder}: config.json is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} {folder}: config.json is not a JSON object")
+
+
+@contextmanager
+def _loading(path: Path, name: str) -> Iterator[None]:
+    """What transformers raises for files it cannot use (OSError, ValueError, often several
+    lines) as one ConfigError line naming the path."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{name} {path} cannot be loaded: {' '.join(str(error).split())}") from error
 
 
 class TransformersTeacher:
     def __init__(self, path: Path, *, batch_size: int, metrics: GeneratorMetrics) -> None:
+        name = "teacher model"
+        folder, gguf = _location(path, name)
+        if gguf is None:
+            _check_model_config(folder, name)
         from transformers import AutoModelForCausalLM
 
-        folder, gguf = _location(path)
-        self.tokenizer = load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, name)
         # Left padding: every row of a batch ends where generation starts.
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Any: transformers types `generate` against a protocol no concrete model class satisfies.
-        self.model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+        with _loading(path, name):
+            self.model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
         self._name = path.name
         self._batch_size = batch_size
         self._metrics = metrics

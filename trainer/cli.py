@@ -23,7 +23,7 @@ from labtune.contract import (
     resolve_artifact,
     write_summary,
 )
-from labtune.contract.common import output_path
+from labtune.contract.common import check_metrics_port, check_termination_log, output_path
 from labtune.contract.train import TrainConfig, TrainSummary
 
 log = logging.getLogger("labtune.trainer")
@@ -34,7 +34,7 @@ log = logging.getLogger("labtune.trainer")
     "--config",
     "config_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # load_config reports a missing file or a folder: exit 78
     help="The trainer config (YAML or JSON, labtune.contract.train.TrainConfig).",
 )
 def train(config_path: Path) -> None:
@@ -53,6 +53,11 @@ def run(config_path: Path) -> int:
     try:
         config = load_config(config_path, TrainConfig)
         _check_paths(config)
+        if not processes.under_torchrun():
+            # The pod's main process checks the port that this process (or, under torchrun, the
+            # worker of local rank 0) serves metrics on only once torch is imported and the data
+            # tokenized. Workers do not: another worker may be serving on it already.
+            check_metrics_port(config.metrics_port)
         if needs_launch(config):
             return launch(config, config_path)
         code = _train(config)
@@ -65,8 +70,10 @@ def run(config_path: Path) -> int:
 
 def _check_paths(config: TrainConfig) -> None:
     """The paths the config names, checked before torch is imported (some 20 s) so that a wrong
-    one fails at once: the output folder can be written, the base model and datasets exist."""
+    one fails at once: the output folder and the termination log can be written, the base model
+    and datasets exist."""
     output_path(config.output, config.artifact_root, "output")
+    check_termination_log(config.termination_log)
     if not resolve_artifact(config.base_model.uri, config.artifact_root).exists():
         raise ConfigError(f"base model {config.base_model.uri} does not exist")
     for dataset in sorted({phase.dataset for phase in config.phases}):

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from labtune.contract import metrics as names
+from labtune.contract.common import metrics_port_error
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class ObservedGauge:
 
 
 class TrainerMetrics:
-    """The gauges, in a registry of their own, served on `port` (0: not served)."""
+    """The gauges, in a registry of their own, served on `port` (0: not served; a port that cannot
+    be bound is a ConfigError)."""
 
     def __init__(self, port: int) -> None:
         self.registry = CollectorRegistry()
@@ -76,7 +78,10 @@ class TrainerMetrics:
         )
         self._server: WSGIServer | None = None
         if port:
-            self._server, _ = start_http_server(port, registry=self.registry)
+            try:
+                self._server, _ = start_http_server(port, registry=self.registry)
+            except OSError as error:  # taken since `labtune train` checked it: one line, exit 78
+                raise metrics_port_error(port, error) from None
 
     def _gauge(self, name: str, documentation: str) -> Gauge:
         return Gauge(name, documentation, registry=self.registry)

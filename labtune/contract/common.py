@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 from pathlib import Path
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,23 +58,91 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
+def read_yaml(path: Path, name: str) -> Any:
+    """The data of a YAML (or JSON) file; any problem becomes one ConfigError line naming the
+    file as `name` (`config`, `pipeline`)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read {name} {path}: {error.strerror}") from error
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} {path} is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{name} {path} is not valid YAML: {yaml_problem(error)}") from error
+
+
+def validation_problems(error: ValidationError) -> str:
+    """Pydantic's errors in one line: `phases.0.maxSeqLen: Input should be greater than 0; …`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {' '.join(e['msg'].split())}"
+        for e in error.errors()
+    )
+
+
 def load_config(path: Path, model: type[ConfigT]) -> ConfigT:
     """Reads a YAML or JSON config file; any problem becomes one ConfigError line naming the file."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
-    except UnicodeDecodeError:
-        raise ConfigError(f"config {path} is not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {yaml_problem(error)}") from error
+    data = read_yaml(path, "config")
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
+        raise ConfigError(f"config {path} is invalid: {validation_problems(error)}") from error
+
+
+def check_termination_log(path: str | Path) -> None:
+    """The termination log can be written at the end of the run, checked at its start so that a
+    wrong path fails in seconds rather than after the work. Creates nothing: in a pod the kubelet
+    mounts the file; run by hand it is usually missing, and then the folder it would be created in
+    must exist and be writable (write_summary creates no folders)."""
+    log = Path(path)
+
+    def problem(reason: str) -> ConfigError:
+        return ConfigError(
+            f"termination log {path} cannot be written: {reason}: set terminationLog to a writable file"
         )
-        raise ConfigError(f"config {path} is invalid: {problems}") from error
+
+    try:
+        if log.is_dir():
+            raise problem("it is a folder")
+        if log.exists():
+            if not os.access(log, os.W_OK):
+                raise problem("it is not writable")
+            return
+        folder = log.parent
+        if not folder.exists():
+            raise problem(f"folder {folder} does not exist")
+        if not folder.is_dir():
+            raise problem(f"{folder} is a file")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise problem(f"folder {folder} is not writable")
+    except OSError as error:  # e.g. a folder on the way that this process may not search
+        raise problem(error.strerror or str(error)) from None
+
+
+def metrics_port_error(port: int, error: OSError) -> ConfigError:
+    """The one line for a metrics port that cannot be served (found in use, or not allowed)."""
+    hint = "set metricsPort to a free port or 0 to disable it"
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(f"metrics port {port} is in use: {hint}")
+    return ConfigError(f"metrics port {port} cannot be opened: {error.strerror or error}: {hint}")
+
+
+def check_metrics_port(port: int) -> None:
+    """The metrics port (0: not served) can be bound now as the metrics server binds it, for a
+    process that starts its server only after some slow work (the trainer: after importing torch
+    and tokenizing the data); it is released again at once. Raises ConfigError."""
+    if not port:
+        return
+    # prometheus_client's server: the first address getaddrinfo gives for 0.0.0.0, SO_REUSEADDR
+    # (http.server's), so a port left in TIME_WAIT counts as free and one listened on does not.
+    family, _, _, _, address = socket.getaddrinfo(
+        "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise metrics_port_error(port, error) from None
 
 
 def resolve_artifact(uri: str, artifact_root: str | Path) -> Path:
