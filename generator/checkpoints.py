@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from labtune.contract.common import LeafType
 from labtune.generator.engine import Row, StageCount
-from labtune.generator.leaves import LeafType
 from labtune.generator.records import Record, record_id, write_jsonl
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
+
+from labtune.contract.common import LeafType
 
 LEAF_FILE = "qna.yaml"
 TAXONOMY_FOLDERS = ("knowledge", "compositional_skills")
-
-LeafType = Literal["knowledge", "freeform_skill", "grounded_skill"]
 
 
 def is_taxonomy_path(path: str) -> bool:

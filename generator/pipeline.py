@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labtune.contract import ConfigError
-from labtune.contract.common import read_yaml, validation_problems
-from labtune.generator.leaves import LeafType
+from labtune.contract.common import LeafType, read_yaml, validation_problems
 from labtune.generator.parsers import Parser, ScoreParser
 
 BUILTIN = ("simple", "full")

@@ -18,14 +18,13 @@ from pydantic import BaseModel
 
 from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs, LeafFailure
 from labtune.contract import ConfigError, resolve_artifact
-from labtune.contract.common import output_path
+from labtune.contract.common import LeafType, output_path
 from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
 from labtune.generator import gitrepo, pipeline, summaries
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.chunking import TokenCounter, approximate_tokens
 from labtune.generator.documents import Document, DocumentSource, fetch
 from labtune.generator.engine import Engine, Row, to_messages
-from labtune.generator.leaves import LeafType
 from labtune.generator.metrics import GeneratorMetrics
 from labtune.generator.mixing import mix
 from labtune.generator.pipeline import GenerateBlock, Pipeline

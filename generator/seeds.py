@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from labtune.contract.common import LeafType
 from labtune.generator.chunking import TokenCounter, chunk
 from labtune.generator.documents import Document, DocumentSource
 from labtune.generator.engine import Row
-from labtune.generator.leaves import LeafType
 
 
 class _Qna(BaseModel):

@@ -23,8 +23,8 @@ from pydantic import BaseModel, Field
 from yamllint import linter  # type: ignore[import-untyped]
 from yamllint.config import YamlLintConfig  # type: ignore[import-untyped]
 
+from labtune.contract.common import LeafType
 from labtune.generator import leaves
-from labtune.generator.leaves import LeafType
 
 _PARSER_LOGGER = logging.getLogger("instructlab.schema.taxonomy")
 _PATH_TOKEN = re.compile(r"\.(?P<key>[^.\[]+)|\[(?P<index>\d+)\]|\['(?P<quoted>(?:[^'\\]|\\.)*)'\]")

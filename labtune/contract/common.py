@@ -25,6 +25,10 @@ SUMMARY_LIMIT_BYTES = 4096  # the kubelet truncates termination messages beyond 
 DEFAULT_METRICS_PORT = 9090
 
 
+LeafType = Literal["knowledge", "freeform_skill", "grounded_skill"]
+"""A taxonomy leaf's type: knowledge (with documents), a freeform or a grounded (with context) skill."""
+
+
 class ConfigError(Exception):
     """Bad configuration or input: the pod exits with EXIT_CONFIG_ERROR and this one-line message."""
 

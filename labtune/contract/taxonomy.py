@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from labtune.api.taxonomy import LeafCounts, ValidationIssue
-from labtune.contract.common import ContractModel, PodConfig
+from labtune.contract.common import ContractModel, LeafType, PodConfig
 
 
 class GitCheckout(ContractModel):
@@ -58,7 +58,7 @@ class ManifestLeaf(ContractModel):
     """One leaf of the synced taxonomy."""
 
     path: str
-    leaf_type: Literal["knowledge", "freeform_skill", "grounded_skill"] | None
+    leaf_type: LeafType | None
     """None when the file could not be read as a leaf (see its errors)."""
     changed: bool
     sha256: str
