@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from pydantic import BaseModel
 from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs, LeafFailure
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import LeafType, output_path
+from labtune.contract.evaluate import EvalExample
 from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
-from labtune.generator import gitrepo, pipeline, summaries
+from labtune.generator import gitrepo, holdout, pipeline, summaries
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.chunking import TokenCounter, approximate_tokens
 from labtune.generator.documents import Document, DocumentSource, fetch
@@ -56,6 +58,8 @@ class Report(BaseModel):
     pipeline: str
     leaves: list[LeafResult]
     failures: list[LeafFailure]
+    held_out: list[holdout.HeldOutLeaf]
+    """The seed examples held back from the teacher, per leaf (empty when none were)."""
 
 
 def make_teacher(config: TeacherConfig, artifact_root: str, metrics: GeneratorMetrics) -> Teacher:
@@ -151,8 +155,10 @@ class _Run:
     metrics: GeneratorMetrics
     commit: str
     output: Path
+    held_out: list[holdout.HeldOutLeaf]
+    evaluation: list[EvalExample]
 
-    def _dataset(self, name: str, records: list[Record]) -> DatasetOutput | None:
+    def _dataset(self, name: str, records: Sequence[BaseModel]) -> DatasetOutput | None:
         if not records:
             return None
         digest = write_jsonl(self.output / f"{name}.jsonl", records)
@@ -207,6 +213,7 @@ class _Run:
             pipeline=self.pipeline.name,
             leaves=results,
             failures=failures,
+            held_out=self.held_out,
         )
         (self.output / "report.json").write_text(report.model_dump_json(indent=1))
 
@@ -221,7 +228,10 @@ class _Run:
         ]
         phase1, phase2 = mix(knowledge, skills, mixing, replays, self.config.scale.seed)
         outputs = GenerationOutputs(
-            knowledge=self._dataset("knowledge", phase1), skills=self._dataset("skills", phase2)
+            knowledge=self._dataset("knowledge", phase1),
+            skills=self._dataset("skills", phase2),
+            # Every selected leaf's, skipped ones too: the set depends on the taxonomy and the seed only.
+            evaluation=self._dataset("evaluation", self.evaluation),
         )
         stages: Counter[str] = Counter()
         for result in results:
@@ -252,12 +262,39 @@ def load_pipeline(config: GenerateConfig) -> Pipeline:
 
 @dataclass(frozen=True)
 class _Leaf:
-    """A selected leaf that passed validation, with its documents read."""
+    """A selected leaf that passed validation, with its documents read and its held-out seed
+    examples taken out of `contents`."""
 
     path: str
     leaf_type: LeafType
     contents: dict[str, Any]
     documents: list[Document]
+    held_out: holdout.HoldOut
+
+
+def _hold_out(
+    config: GenerateConfig, leaves: list[tuple[str, LeafType, dict[str, Any]]]
+) -> list[holdout.HoldOut]:
+    """Each leaf split for evaluation; a ConfigError when a leaf would keep no seed example."""
+    spec, splits, too_few = config.evaluation, [], []
+    for path, leaf_type, contents in leaves:
+        seeds = len(holdout.seed_examples(contents))
+        count = holdout.held_out_count(spec, seeds)
+        if count and count >= seeds:
+            too_few.append(
+                f"leaf {path} has {seeds} seed example(s): holding back {count} leaves none to generate "
+                f"from (it needs at least {count + 1})"
+            )
+            continue
+        indexes = holdout.choose(config.scale.seed, path, seeds, count)
+        splits.append(holdout.hold_out(path, leaf_type, contents, indexes))
+    if len(too_few) == 1:
+        raise ConfigError(f"{holdout.setting(spec)}: {too_few[0]}")
+    if too_few:
+        raise ConfigError(
+            f"{holdout.setting(spec)}: {len(too_few)} leaves have too few seed examples; first: {too_few[0]}"
+        )
+    return splits
 
 
 def _select(
@@ -277,15 +314,17 @@ def _select(
     leaves = [(f.path, f.leaf_type, f.contents) for f in selected.values() if f.leaf_type and f.contents]
     if not leaves:
         raise ConfigError(f"no leaves to generate for (leaves={config.leaves}, base={base})")
-    selection = []
-    for path, leaf_type, contents in leaves:
+    for _, leaf_type, _ in leaves:
         flow_pipeline.flow(leaf_type)  # a pipeline without a flow for the leaf fails now, not mid-run
+    splits = _hold_out(config, leaves)  # before any document is fetched: it costs nothing to check
+    selection = []
+    for (path, leaf_type, contents), split in zip(leaves, splits, strict=True):
         documents = (
             fetch(DocumentSource.model_validate(contents["document"]), documents_cache, config.taxonomy)
             if leaf_type == "knowledge"
             else []
         )
-        selection.append(_Leaf(path, leaf_type, contents, documents))
+        selection.append(_Leaf(path, leaf_type, split.contents, documents, split))
     return selection
 
 
@@ -294,10 +333,20 @@ def _jobs(
 ) -> list[LeafJob]:
     jobs = []
     for leaf in leaves:
+        # leaf.contents lacks the held-out seed examples: no row, so no prompt, carries them.
         rows = rows_for(leaf.leaf_type, leaf.contents, leaf.documents, count, config.scale.chunk_tokens)
-        fingerprint = _fingerprint(
-            flow_pipeline.fingerprint(), rows, config.scale.samples_per_seed, config.scale.seed, teacher
-        )
+        parts: list[object] = [
+            flow_pipeline.fingerprint(),
+            rows,
+            config.scale.samples_per_seed,
+            config.scale.seed,
+            teacher,
+        ]
+        if leaf.held_out.seed_indexes:
+            # A checkpoint made while these seeds were visible (or others held back) is not resumed;
+            # with nothing held out the fingerprint is what it was before holding out existed.
+            parts.append({"held_out": list(leaf.held_out.seed_indexes)})
+        fingerprint = _fingerprint(*parts)
         jobs.append(LeafJob(leaf.path, leaf.leaf_type, rows, fingerprint))
     return jobs
 
@@ -326,7 +375,16 @@ async def generate_async(
         jobs = _jobs(config, leaves, flow_pipeline, count, teacher.model_name)
         output.mkdir(parents=True, exist_ok=True)
         metrics.leaves_total.set(len(jobs))
-        run = _Run(config, flow_pipeline, teacher, metrics, commit, output)
+        run = _Run(
+            config,
+            flow_pipeline,
+            teacher,
+            metrics,
+            commit,
+            output,
+            held_out=[leaf.held_out.report(leaf.path) for leaf in leaves if leaf.held_out.seed_indexes],
+            evaluation=[example for leaf in leaves for example in leaf.held_out.examples],
+        )
         results, samples, failures = await run.leaves(jobs)
     finally:
         if owned:

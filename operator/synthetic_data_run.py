@@ -118,6 +118,7 @@ def build_generate_config(
         pipeline=pipeline,
         scale=spec.scale,
         mixing=spec.mixing,
+        evaluation=spec.evaluation,
         output=output,
         leaf_failure_policy=spec.leaf_failure_policy,
     )
@@ -203,6 +204,7 @@ class SyntheticDataRunKind:
 
     def finished_status(self, summary: str) -> dict[str, Any]:
         parsed = GenerateSummary.model_validate_json(summary)
+        # The evaluation dataset alone is no result: a run that succeeds has something to train on.
         if parsed.outputs.knowledge is None and parsed.outputs.skills is None:
             raise ValueError("the summary names no dataset")
         progress = {

@@ -151,6 +151,29 @@ class MixingSpec(ApiModel):
     """Precomputed datasets mixed into the skills dataset."""
 
 
+class HoldOutSpec(ApiModel):
+    """Seed examples held back from the teacher and written as an evaluation dataset
+    (`evaluation.jsonl` beside the phase datasets, `status.outputs.evaluation`): questions the tuned
+    model never saw, with the answers the taxonomy's authors wrote."""
+
+    model_config = model_rules(
+        cel(
+            "!(has(self.heldOutSeedFraction) && has(self.heldOutSeeds) && self.heldOutSeeds > 0)",
+            "set at most one of evaluation.heldOutSeeds or evaluation.heldOutSeedFraction",
+        )
+    )
+
+    held_out_seeds: Annotated[int, Field(ge=0, le=100)] = 0
+    """Seed examples held back from every leaf, chosen at random (seeded by `scale.seed` and the
+    leaf's path) and never shown to the teacher; each question/answer pair of a knowledge seed
+    becomes one evaluation question (asked without its context). Every leaf must keep at least one
+    seed example to generate from. 0, the default, holds none back."""
+    held_out_seed_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    """Instead of a count: this fraction of every leaf's seed examples, rounded down but at least
+    one. A count suits taxonomies whose leaves have about as many seeds as InstructLab asks for (5);
+    a fraction holds back proportionally more from leaves that have many."""
+
+
 class SyntheticDataRunSpec(BatchSpec):
     """Desired state of a SyntheticDataRun. Immutable once the run has started, except `suspend`."""
 
@@ -166,6 +189,8 @@ class SyntheticDataRunSpec(BatchSpec):
     """Amount of data and teacher concurrency."""
     mixing: MixingSpec = Field(default_factory=MixingSpec)
     """Assembly of the phase datasets."""
+    evaluation: HoldOutSpec = Field(default_factory=HoldOutSpec)
+    """Seed examples held back from generation as an evaluation dataset."""
     output: ArtifactURI | None = None
     """Where the datasets are written; under the operator's default artifact claim when unset."""
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
@@ -204,6 +229,9 @@ class GenerationOutputs(ApiModel):
     """Phase-1 (knowledge) dataset."""
     skills: DatasetOutput | None = None
     """Phase-2 (skills with replay) dataset."""
+    evaluation: DatasetOutput | None = None
+    """The seed examples `spec.evaluation` held back from the teacher: questions with reference
+    answers (EvalExample records)."""
 
 
 class GenerationProgress(ApiModel):

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from labtune.api.synthetic_data_run import (
     DEFAULT_MAX_REPLY_BYTES,
     GenerationOutputs,
+    HoldOutSpec,
     LeafFailure,
     MixingSpec,
     ScaleSpec,
@@ -108,10 +109,19 @@ class GenerateConfig(PodConfig):
     pipeline: PipelineRef = Field(default_factory=lambda: PipelineRef(builtin="simple"))
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     mixing: MixingSpec = Field(default_factory=MixingSpec)
+    evaluation: HoldOutSpec = Field(default_factory=HoldOutSpec)
+    """Seed examples held back from the teacher per leaf, written as `evaluation.jsonl`."""
     output: str
     """Artifact URI of the output folder (datasets, per-leaf checkpoints, the full report)."""
     leaf_failure_policy: Literal["FailRun", "SkipLeaf"] = "FailRun"
     """A leaf that yields no sample fails the run, or is skipped and listed (never every leaf)."""
+
+    @model_validator(mode="after")
+    def _one_hold_out_setting(self) -> GenerateConfig:
+        # The CRD's CEL rule, for configs written by hand.
+        if self.evaluation.held_out_seeds and self.evaluation.held_out_seed_fraction is not None:
+            raise ValueError("set at most one of evaluation.heldOutSeeds or evaluation.heldOutSeedFraction")
+        return self
 
 
 class LeafSummary(ContractModel):

@@ -299,6 +299,12 @@ BAD_INPUT = [
         'supported values: "FailRun", "SkipLeaf"',
         id="run-leaf-failure-policy",
     ),
+    pytest.param(
+        RUN,
+        _set("evaluation", {"heldOutSeeds": 1, "heldOutSeedFraction": 0.2}),
+        "set at most one of evaluation.heldOutSeeds or evaluation.heldOutSeedFraction",
+        id="run-held-out-count-and-fraction",
+    ),
 ]
 
 

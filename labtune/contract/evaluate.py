@@ -1,0 +1,193 @@
+"""The evaluation dataset (seed examples a SyntheticDataRun held back from the teacher, written by
+the generator as `evaluation.jsonl` beside the phase datasets), and the config, results and summary
+of the pod that scores models on it (`labtune evaluate --config FILE`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from labtune.contract.common import ContractModel, LeafType, PodConfig
+from labtune.contract.train import ModelSource
+
+
+class EvalExample(ContractModel):
+    """One held-out question with its reference answer, as the taxonomy's author wrote them.
+
+    Knowledge questions are asked closed-book (the model must have learnt the document); a grounded
+    skill's question comes with its context, as in training."""
+
+    id: str = Field(min_length=1)
+    """Stable across runs of the same taxonomy commit: the leaf, the seed's position, its text."""
+    leaf: str
+    """The leaf's qna.yaml, relative to the taxonomy root."""
+    leaf_type: LeafType
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    context: str | None = None
+    """The grounded skill's context given with the question (None for knowledge and freeform)."""
+
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+"""A model's or benchmark's name (a lowercase RFC 1123 label): a key of the summary and results."""
+
+
+class EvalModel(ContractModel):
+    """One model to score: a base (a Hugging Face folder, a .gguf file or a merged model), or an
+    adapter over a base. Models over the same base share one copy of it: the adapters are loaded
+    onto it side by side and the base itself is scored with them disabled."""
+
+    name: Name
+    base: ModelSource
+    adapter: str | None = None
+    """Artifact URI of a LoRA/QLoRA adapter folder (the trainer's `<output>/adapter`)."""
+
+
+class Generation(ContractModel):
+    """Generated answers, scored against the reference: exact match, contains, ROUGE-L. Greedy
+    decoding, so the scores are reproducible."""
+
+    enabled: bool = True
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
+
+
+class ReferenceBenchmark(ContractModel):
+    """Questions with reference answers (EvalExample JSONL, the generator's `evaluation.jsonl`).
+    Each question is asked as the training data asks it: the grounded skill's context, a blank
+    line, the question, as the user turn, after the optional system prompt."""
+
+    type: Literal["reference"]
+    """The kind of benchmark; required, so that more kinds (multiple choice, a judge) can join."""
+    name: Name
+    dataset: str
+    """Artifact URI of the JSONL file."""
+    system_prompt: str | None = None
+    """The system turn the training samples had (none by default, as the shipped pipelines)."""
+    likelihood: bool = True
+    """Mean per-token negative log-likelihood of each reference answer given its question."""
+    generation: Generation = Field(default_factory=Generation)
+
+    @model_validator(mode="after")
+    def _scores_something(self) -> ReferenceBenchmark:
+        if not self.likelihood and not self.generation.enabled:
+            raise ValueError(f"benchmark {self.name} scores nothing: enable likelihood or generation")
+        return self
+
+
+Benchmark = ReferenceBenchmark
+"""Every kind of benchmark (a union on `type` once there are more)."""
+
+
+class EvaluateConfig(PodConfig):
+    """What the evaluation pod does: every model on every benchmark."""
+
+    kind: Literal["Evaluate"] = "Evaluate"
+    models: Annotated[list[EvalModel], Field(min_length=1, max_length=16)]
+    benchmarks: Annotated[list[Benchmark], Field(min_length=1, max_length=16)]
+    output: str
+    """Artifact URI of the output folder: `results.jsonl` (every example, every model) and
+    `summary.json`."""
+    micro_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Examples per forward pass: packed into one row without padding for the likelihood, padded
+    on the left for generation."""
+
+    @model_validator(mode="after")
+    def _check_names(self) -> EvaluateConfig:
+        for what, names in (
+            ("model", [model.name for model in self.models]),
+            ("benchmark", [benchmark.name for benchmark in self.benchmarks]),
+        ):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique, got {names}")
+        return self
+
+
+class ExampleResult(ContractModel):
+    """One line of `<output>/results.jsonl`: one example scored for one model; a score the
+    benchmark did not compute is left out."""
+
+    benchmark: str
+    model: str
+    id: str
+    leaf: str
+    leaf_type: LeafType
+    nll: float | None = None
+    """Mean per-token negative log-likelihood (nats) of the reference answer."""
+    answer_tokens: int | None = None
+    """How many tokens the likelihood is the mean of."""
+    generated: str | None = None
+    """The model's greedy answer."""
+    exact_match: bool | None = None
+    contains: bool | None = None
+    rouge_l: float | None = None
+
+
+class Scores(ContractModel):
+    """Means over a set of examples; a score the benchmark did not compute is left out."""
+
+    nll: float | None = None
+    """Mean over the examples of each reference answer's mean per-token negative log-likelihood
+    (nats), the answer tokenized as in training (its content and the end-of-turn text up to EOS)."""
+    exact_match: float | None = None
+    """Fraction of generated answers equal to the reference (case, punctuation and spacing aside)."""
+    contains: float | None = None
+    """Fraction of generated answers that contain the reference's words in order, contiguous."""
+    rouge_l: float | None = None
+    """Mean ROUGE-L F-measure of the generated answers against the references."""
+
+
+class BenchmarkScores(ContractModel):
+    """A benchmark's scores over all its examples."""
+
+    name: str
+    examples: int
+    leaves: int
+    models: dict[str, Scores]
+    """Scores by model name."""
+
+
+class LeafScores(ContractModel):
+    """A benchmark's scores over one taxonomy leaf's examples."""
+
+    benchmark: str
+    leaf: str
+    leaf_type: LeafType
+    examples: int
+    models: dict[str, Scores]
+
+
+class EvaluateSummary(ContractModel):
+    """The termination-log summary (also `<output>/summary.json`). The per-leaf list is shortened
+    in the termination log when it would not fit (each benchmark's `leaves` counts them all);
+    summary.json has every leaf, results.jsonl every example."""
+
+    results: str
+    """Artifact URI of results.jsonl."""
+    results_sha256: str
+    benchmarks: list[BenchmarkScores]
+    leaves: list[LeafScores] = Field(default_factory=list)
+    """By benchmark, then leaf path."""
+    seconds: float
+    """Wall time of the run, from loading the first model to the last score."""
+
+
+class ChoiceExample(ContractModel):
+    """One multiple-choice question about a leaf (MMLU-branch style), scored by log-likelihood of
+    each choice through lm-evaluation-harness."""
+
+    id: str = Field(min_length=1)
+    leaf: str
+    """The leaf's qna.yaml, relative to the taxonomy root."""
+    question: str = Field(min_length=1)
+    choices: list[str] = Field(min_length=2, max_length=10)
+    answer: int = Field(ge=0)
+    """Index of the right choice."""
+
+    @model_validator(mode="after")
+    def _answer_is_a_choice(self) -> ChoiceExample:
+        if self.answer >= len(self.choices):
+            raise ValueError(
+                f"answer {self.answer} is not the index of one of the {len(self.choices)} choices"
+            )
+        return self

@@ -1,0 +1,66 @@
+"""The SyntheticDataRun's pure builders: what reaches the generator pod's config, and what its
+summary puts in status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from labtune.api import SyntheticDataRun, Taxonomy
+from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs
+from labtune.contract import write_summary
+from labtune.contract.generate import GenerateSummary
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.synthetic_data_run import SyntheticDataRunKind, build_generate_config
+
+TAXONOMY = Taxonomy.model_validate(
+    {
+        "metadata": {"name": "t", "namespace": "ns"},
+        "spec": {"source": {"git": {"url": "https://example.com/t.git"}}},
+    }
+)
+
+
+def _run(**spec: Any) -> SyntheticDataRun:
+    return SyntheticDataRun.model_validate(
+        {
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {
+                "taxonomyRef": {"name": "t"},
+                "teacher": {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}},
+                **spec,
+            },
+        }
+    )
+
+
+def _config(run: SyntheticDataRun) -> Any:
+    return build_generate_config(run, TAXONOMY, "a" * 40, "pvc://claim/out", OperatorSettings())
+
+
+def test_the_held_out_setting_reaches_the_pod() -> None:
+    assert _config(_run(evaluation={"heldOutSeeds": 2})).evaluation.held_out_seeds == 2
+    fraction = _config(_run(evaluation={"heldOutSeedFraction": 0.25})).evaluation
+    assert (fraction.held_out_seeds, fraction.held_out_seed_fraction) == (0, 0.25)
+    default = _config(_run()).evaluation
+    assert (default.held_out_seeds, default.held_out_seed_fraction) == (0, None)
+
+
+def _dataset(name: str, samples: int, digit: str) -> DatasetOutput:
+    return DatasetOutput(uri=f"pvc://claim/out/{name}.jsonl", samples=samples, sha256=digit * 64)
+
+
+def test_the_evaluation_dataset_is_recorded_in_status(tmp_path: Path) -> None:
+    outputs = GenerationOutputs(
+        knowledge=_dataset("knowledge", 10, "a"),
+        skills=_dataset("skills", 20, "b"),
+        evaluation=_dataset("evaluation", 5, "e"),
+    )
+    summary = GenerateSummary(taxonomy_commit="a" * 40, teacher_model="m", outputs=outputs)
+    status = SyntheticDataRunKind().finished_status(write_summary(summary, tmp_path / "termination-log"))
+    assert status["outputs"]["evaluation"] == {
+        "uri": "pvc://claim/out/evaluation.jsonl",
+        "samples": 5,
+        "sha256": "e" * 64,
+    }
+    assert set(status["outputs"]) == {"knowledge", "skills", "evaluation"}
