@@ -66,6 +66,7 @@ from labtune.generator.cli import generate, taxonomy  # noqa: E402  (registered 
 main.add_command(taxonomy)
 main.add_command(generate)
 
-from labtune.trainer.cli import train  # noqa: E402  (imports torch only when the command runs)
+from labtune.trainer.cli import evaluate, train  # noqa: E402  (imports torch only when a command runs)
 
 main.add_command(train)
+main.add_command(evaluate)

@@ -1,8 +1,10 @@
-"""`labtune train --config FILE`: the TuningJob pod's entry point, also run by hand.
+"""`labtune train --config FILE` and `labtune evaluate --config FILE`: the trainer image's pod entry
+points (tuning, and scoring models), also run by hand.
 
 Exit codes (labtune.contract): 0 done; EXIT_CONFIG_ERROR bad config or data (one line on
-stderr); EXIT_PREEMPTED stopped by SIGTERM after saving a checkpoint; anything else a failure.
-torch and transformers are imported inside the command so that `labtune --help` stays fast."""
+stderr); EXIT_PREEMPTED stopped by SIGTERM (training: after saving a checkpoint); anything else a
+failure. torch and transformers are imported inside the commands so that `labtune --help` stays
+fast, and only once the config has passed the checks that need neither."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import click
+from pydantic import BaseModel
 
 from labtune.contract import (
     EXIT_CONFIG_ERROR,
@@ -24,9 +27,12 @@ from labtune.contract import (
     write_summary,
 )
 from labtune.contract.common import check_metrics_port, check_termination_log, output_path
+from labtune.contract.evaluate import EvalExample, EvaluateConfig
 from labtune.contract.train import TrainConfig, TrainSummary
 
 log = logging.getLogger("labtune.trainer")
+
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder a peft adapter
 
 
 @click.command()
@@ -122,16 +128,99 @@ def _configure_logging(main_process: bool) -> None:
 def _write_termination_log(summary: TrainSummary, path: str) -> None:
     """The summary for the operator; when it would not fit the 4 KiB limit, the per-phase detail
     goes first, then the checkpoint list (both stay in <output>/summary.json)."""
-    for trimmed in (
+    _write_first_that_fits(
+        path,
         summary,
         summary.model_copy(update={"phases": []}),
         summary.model_copy(update={"phases": [], "checkpoints": []}),
-    ):
+    )
+
+
+def _write_first_that_fits(path: str, *summaries: BaseModel) -> None:
+    """The first of the summaries (the whole one, then shorter ones) that fits the termination
+    log's 4 KiB limit; a termination log that cannot be written is only a warning."""
+    for summary in summaries:
         try:
-            write_summary(trimmed, path)
+            write_summary(summary, path)
             return
         except ValueError:
             continue
         except OSError as error:
             log.warning("cannot write the summary to %s: %s", path, error.strerror)
             return
+    log.warning("the summary does not fit the termination log %s even shortened", path)
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),  # load_config reports a missing file or a folder: exit 78
+    help="The evaluation config (YAML or JSON, labtune.contract.evaluate.EvaluateConfig).",
+)
+def evaluate(config_path: Path) -> None:
+    """Score models (a base, an adapter over it, a merged model) on evaluation datasets."""
+    sys.exit(run_evaluation(config_path))
+
+
+def run_evaluation(config_path: Path) -> int:
+    """Evaluates and returns the process exit code."""
+    _configure_logging(True)
+    try:
+        config = load_config(config_path, EvaluateConfig)
+        examples = _check_evaluation_inputs(config)
+        check_metrics_port(config.metrics_port)
+        return _evaluate(config, examples)
+    except ConfigError as error:
+        click.echo(f"labtune evaluate: {error}", err=True)
+        return EXIT_CONFIG_ERROR
+
+
+def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, list[EvalExample]]:
+    """What can be checked before torch is imported, so that a wrong config fails at once: the
+    output folder and the termination log can be written, every model's files exist, every
+    dataset is valid (each line an EvalExample, ids unique, at least one). Returns each
+    benchmark's examples."""
+    from labtune.trainer.records import read_examples
+
+    output_path(config.output, config.artifact_root, "output")
+    check_termination_log(config.termination_log)
+    for model in config.models:
+        if not resolve_artifact(model.base.uri, config.artifact_root).exists():
+            raise ConfigError(f"model {model.name}: base model {model.base.uri} does not exist")
+        if model.adapter is not None:
+            adapter = resolve_artifact(model.adapter, config.artifact_root)
+            if not adapter.exists():
+                raise ConfigError(f"model {model.name}: adapter {model.adapter} does not exist")
+            if not (adapter / ADAPTER_CONFIG).is_file():
+                raise ConfigError(
+                    f"model {model.name}: adapter {model.adapter} is not an adapter: "
+                    f"expected a folder with {ADAPTER_CONFIG}"
+                )
+    examples = {}
+    for benchmark in config.benchmarks:
+        path = resolve_artifact(benchmark.dataset, config.artifact_root)
+        if not path.exists():
+            raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
+        examples[benchmark.name] = read_examples(path)
+    return examples
+
+
+def _evaluate(config: EvaluateConfig, examples: dict[str, list[EvalExample]]) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from labtune.trainer.evaluation import evaluate, termination_summaries
+    from labtune.trainer.preemption import Preempted, StopRequest
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # for pod logs
+    stop = StopRequest("SIGTERM: stopping after the current batch (nothing to save), then exiting")
+    try:
+        with stop.installed():
+            summary = evaluate(config, examples, stop)
+    except Preempted as preempted:
+        log.warning("preempted (%s); started again, the evaluation starts over", preempted)
+        return EXIT_PREEMPTED
+    _write_first_that_fits(config.termination_log, *termination_summaries(summary))
+    log.info("done: %s", summary.results)
+    return 0

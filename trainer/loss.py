@@ -25,8 +25,8 @@ def trained_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def trained_token_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-    """Sum of the cross-entropy over trained tokens, and the model's outputs."""
+def _trained_logits(model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """The logits predicting each trained token (in order, fp32), those tokens, and the outputs."""
     labels = inputs["labels"]
     keep = trained_positions(labels)
     features = {key: value for key, value in inputs.items() if key != "labels"}
@@ -35,7 +35,20 @@ def trained_token_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> tuple[to
     outputs = model(**features, logits_to_keep=keep, use_cache=False)
     logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
     targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+    return logits, targets, outputs
+
+
+def trained_token_loss_sum(model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """Sum of the cross-entropy over trained tokens, and the model's outputs."""
+    logits, targets, outputs = _trained_logits(model, inputs)
     return functional.cross_entropy(logits, targets, reduction="sum"), outputs
+
+
+def trained_token_losses(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """The cross-entropy (negative log-likelihood) of each trained token, in order: of packed
+    samples, the first sample's tokens, then the next one's."""
+    logits, targets, _ = _trained_logits(model, inputs)
+    return functional.cross_entropy(logits, targets, reduction="none")
 
 
 class TrainedTokensTrainer(Trainer):

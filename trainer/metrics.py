@@ -48,13 +48,39 @@ class ObservedGauge:
             self._registry = None
 
 
-class TrainerMetrics:
-    """The gauges, in a registry of their own, served on `port` (0: not served; a port that cannot
-    be bound is a ConfigError)."""
+class MetricsServer:
+    """A registry of its own, with the process's resident memory and CPU seconds, served on `port`
+    once `serve` is called (0: not served; a port that cannot be bound is a ConfigError)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self._server: WSGIServer | None = None
+
+    def serve(self, port: int) -> None:
+        if port:
+            try:
+                self._server, _ = start_http_server(port, registry=self.registry)
+            except OSError as error:  # taken since the command checked it: one line, exit 78
+                raise metrics_port_error(port, error) from None
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, registry=self.registry)
+
+    def _observed(self, name: str, documentation: str) -> ObservedGauge:
+        return ObservedGauge(name, documentation, self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class TrainerMetrics(MetricsServer):
+    """The trainer's gauges, served on `port`."""
 
     def __init__(self, port: int) -> None:
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)  # resident memory, CPU seconds
+        super().__init__()
         gauge = self._gauge
         self.step = gauge(names.TRAIN_STEP, "Optimizer steps done over all phases")
         self.total_steps = gauge(names.TRAIN_TOTAL_STEPS, "Optimizer steps over all phases")
@@ -76,23 +102,27 @@ class TrainerMetrics:
         self.phase = Gauge(
             names.TRAIN_PHASE, "1 for the phase training now", ["phase"], registry=self.registry
         )
-        self._server: WSGIServer | None = None
-        if port:
-            try:
-                self._server, _ = start_http_server(port, registry=self.registry)
-            except OSError as error:  # taken since `labtune train` checked it: one line, exit 78
-                raise metrics_port_error(port, error) from None
+        self.serve(port)
 
-    def _gauge(self, name: str, documentation: str) -> Gauge:
-        return Gauge(name, documentation, registry=self.registry)
 
-    def _observed(self, name: str, documentation: str) -> ObservedGauge:
-        return ObservedGauge(name, documentation, self.registry)
+class EvaluationMetrics(MetricsServer):
+    """`labtune evaluate`'s progress, served on `port`: scorings done out of all, where one scoring
+    is one example scored for one model by one pass (likelihood or generation)."""
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def __init__(self, port: int, total: int) -> None:
+        super().__init__()
+        # Not in labtune.contract.metrics until the operator reads them (then the dashboard shows them).
+        self.total = self._gauge("labtune_evaluate_total", "Scorings to do: examples x models x passes")
+        self.scored = self._gauge("labtune_evaluate_scored", "Scorings done")
+        self.progress = self._gauge("labtune_evaluate_progress_ratio", "Scorings done over all, 0 to 1")
+        self.total.set(total)
+        self._done, self._all = 0, total
+        self.serve(port)
+
+    def add(self, scorings: int) -> None:
+        self._done += scorings
+        self.scored.set(self._done)
+        self.progress.set(self._done / self._all if self._all else 0.0)
 
 
 class ProgressCallback(TrainerCallback):

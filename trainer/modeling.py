@@ -77,7 +77,7 @@ def load_tokenizer(path: Path, chat_template: str | None) -> PreTrainedTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **extra)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"base model {path}: cannot load its tokenizer: {_first_line(error)}") from error
+        raise ConfigError(f"base model {path}: cannot load its tokenizer: {first_line(error)}") from error
     if not tokenizer.is_fast:
         raise ConfigError(f"base model {path}: masking needs a fast tokenizer (with character offsets)")
     if not tokenizer.chat_template:
@@ -96,7 +96,7 @@ def load_model(path: Path, *, quantize: bool = False) -> PreTrainedModel:
             location, dtype=compute_dtype(), attn_implementation=attention_implementation(), **extra
         )
     except (OSError, ValueError) as error:
-        raise ConfigError(f"model {path} cannot be loaded: {_first_line(error)}") from error
+        raise ConfigError(f"model {path} cannot be loaded: {first_line(error)}") from error
     return model
 
 
@@ -141,7 +141,7 @@ def phase_model(base: Path, method: MethodSpec, start: Path | None) -> PreTraine
     try:
         return get_peft_model(model, lora_config(method.lora or LoraSpec()))
     except ValueError as error:  # e.g. target modules the model does not have
-        raise ConfigError(f"method.lora: {_first_line(error)}") from error
+        raise ConfigError(f"method.lora: {first_line(error)}") from error
 
 
 def merged_model(base: Path, adapter: Path) -> PreTrainedModel:
@@ -151,6 +151,7 @@ def merged_model(base: Path, adapter: Path) -> PreTrainedModel:
     return merged
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An exception's message for a one-line error: its first line (its type when it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

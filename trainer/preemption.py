@@ -22,13 +22,17 @@ log = logging.getLogger(__name__)
 
 
 class Preempted(Exception):
-    """Training stopped on request after saving a checkpoint."""
+    """Training stopped on request after saving a checkpoint (an evaluation: between batches)."""
 
 
 class StopRequest:
     """Whether this process was asked to stop: by SIGTERM, or by the launcher's stop file."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, announcement: str = "SIGTERM: saving a checkpoint after the current step, then exiting"
+    ) -> None:
+        self._announcement = announcement
+        """Logged on the first SIGTERM."""
         self._signalled = False
         stop_file = os.environ.get(STOP_FILE_ENV)
         self._stop_file = Path(stop_file) if stop_file else None
@@ -44,7 +48,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self._signalled:
-            log.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+            log.warning("%s", self._announcement)
         self._signalled = True
 
     @property

@@ -1,16 +1,21 @@
-"""Training records: JSONL in the messages format (the generator's output and InstructLab SDG's
-`knowledge_train_msgs` / `skills_train_msgs` files), validated line by line."""
+"""Records read from JSONL files, validated line by line: training samples in the messages format
+(the generator's output and InstructLab SDG's `knowledge_train_msgs` / `skills_train_msgs` files)
+and evaluation examples (labtune.contract.evaluate.EvalExample). No torch here: `labtune train`
+and `labtune evaluate` read them before importing it."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labtune.contract import ConfigError
+from labtune.contract.evaluate import EvalExample
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
 
 # InstructLab SDG's phase-1 knowledge records carry one `pretraining` message holding the whole
 # exchange as "<|user|>\n…\n<|assistant|>\n…" (or Granite's start_of_role form); InstructLab's
@@ -68,20 +73,21 @@ def _pretraining_turns(text: str) -> list[dict[str, str]]:
     return turns
 
 
-def read_samples(path: Path) -> list[Sample]:
-    """Every sample of a JSONL file; an unreadable file, a bad line or an empty file is a
-    ConfigError naming the file (and line)."""
+def read_records(path: Path, model: type[RecordT], noun: str) -> list[tuple[int, RecordT]]:
+    """Every record of a JSONL file with its line number (blank lines skipped); an unreadable
+    file, a bad line or a file without records (`noun` in the message) is a ConfigError naming
+    the file (and line)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise ConfigError(f"dataset {path}: {reason}") from None
-    samples = []
+    records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            samples.append(Sample.model_validate(json.loads(line)))
+            records.append((number, model.model_validate(json.loads(line))))
         except json.JSONDecodeError as error:
             raise ConfigError(f"dataset {path} line {number}: not JSON: {error.msg}") from None
         except ValidationError as error:
@@ -90,6 +96,23 @@ def read_samples(path: Path) -> list[Sample]:
             reason = first["msg"].removeprefix("Value error, ")
             detail = f"{where}: {reason}" if where else reason
             raise ConfigError(f"dataset {path} line {number}: {detail}") from None
-    if not samples:
-        raise ConfigError(f"dataset {path} has no samples")
-    return samples
+    if not records:
+        raise ConfigError(f"dataset {path} has no {noun}")
+    return records
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """Every training sample of a JSONL file (see read_records)."""
+    return [sample for _, sample in read_records(path, Sample, "samples")]
+
+
+def read_examples(path: Path) -> list[EvalExample]:
+    """Every evaluation example of a JSONL file (see read_records); ids must be unique, as the
+    results name examples by id."""
+    examples = read_records(path, EvalExample, "examples")
+    first: dict[str, int] = {}
+    for number, example in examples:
+        seen = first.setdefault(example.id, number)
+        if seen != number:
+            raise ConfigError(f"dataset {path} line {number}: id {example.id!r} repeats line {seen}")
+    return [example for _, example in examples]

@@ -29,16 +29,6 @@ def one_phase(tiny_model: Path, tiny_dataset: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def without_torch(tmp_path: Path) -> dict[str, str]:
-    """An environment in which importing torch or transformers fails: what runs in it never did."""
-    for name in ("torch", "transformers"):
-        package = tmp_path / "guard" / name
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
-    return {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(tmp_path / "guard")}
-
-
 def _train(config: Path, env: dict[str, str]) -> str:
     """Runs `labtune train`; the one line it printed, having exited with the config error code."""
     result = subprocess.run(
