@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -35,14 +36,18 @@ log = logging.getLogger("labtune.trainer")
 ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder a peft adapter
 
 
+def _config_option(model: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--config",
+        "config_path",
+        required=True,
+        type=click.Path(path_type=Path),  # load_config reports a missing file or a folder: exit 78
+        help=f"The config file (YAML or JSON, {model}).",
+    )
+
+
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(path_type=Path),  # load_config reports a missing file or a folder: exit 78
-    help="The trainer config (YAML or JSON, labtune.contract.train.TrainConfig).",
-)
+@_config_option("labtune.contract.train.TrainConfig")
 def train(config_path: Path) -> None:
     """Tune a base model in phases (LoRA, QLoRA or full) as the config says."""
     sys.exit(run(config_path))
@@ -152,13 +157,7 @@ def _write_first_that_fits(path: str, *summaries: BaseModel) -> None:
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(path_type=Path),  # load_config reports a missing file or a folder: exit 78
-    help="The evaluation config (YAML or JSON, labtune.contract.evaluate.EvaluateConfig).",
-)
+@_config_option("labtune.contract.evaluate.EvaluateConfig")
 def evaluate(config_path: Path) -> None:
     """Score models (a base, an adapter over it, a merged model) on evaluation datasets."""
     sys.exit(run_evaluation(config_path))
