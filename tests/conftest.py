@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -147,3 +148,22 @@ def namespace(api_client: client.ApiClient) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def without_torch(tmp_path: Path) -> dict[str, str]:
+    """An environment in which importing torch or transformers fails: what runs in it never did."""
+    for name in ("torch", "transformers"):
+        package = tmp_path / "guard" / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+    return os.environ | {"PYTHONPATH": str(tmp_path / "guard")}
+
+
+@pytest.fixture
+def port_in_use() -> Iterator[int]:
+    """A port something else listens on (on every address, as the metrics server would)."""
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        yield holder.getsockname()[1]

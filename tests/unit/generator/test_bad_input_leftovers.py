@@ -5,11 +5,8 @@ imported). Real files, a real socket holding the metrics port, the real `labtune
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,15 +146,6 @@ def test_the_termination_log_check_creates_nothing(tmp_path: Path, command: str)
 # The metrics port.
 
 
-@pytest.fixture
-def port_in_use() -> Iterator[int]:
-    """A port something else listens on (on every address, as the metrics server would)."""
-    with socket.socket() as holder:
-        holder.bind(("", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
-
-
 def test_a_metrics_port_in_use_is_one_line_before_any_work(tmp_path: Path, port_in_use: int) -> None:
     line = _run(tmp_path, "generate", metricsPort=port_in_use)
     assert line == f"metrics port {port_in_use} is in use: set metricsPort to a free port or 0 to disable it"
@@ -177,16 +165,6 @@ def test_a_config_that_is_a_folder_or_missing_is_one_line(tmp_path: Path, comman
 
 
 # The transformers teacher's model: checked before transformers (and torch) is imported.
-
-
-@pytest.fixture
-def without_torch(tmp_path: Path) -> dict[str, str]:
-    """An environment in which importing torch or transformers fails: what runs in it never did."""
-    for name in ("torch", "transformers"):
-        package = tmp_path / "guard" / name
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
-    return os.environ | {"PYTHONPATH": str(tmp_path / "guard")}
 
 
 def _empty_folder(path: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,16 +84,6 @@ def make_model() -> Callable[..., Path]:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face folder: random-weight 2-layer Llama and its tokenizer."""
     return build_model_folder(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture
-def without_torch(tmp_path: Path) -> dict[str, str]:
-    """An environment in which importing torch or transformers fails: what runs in it never did."""
-    for name in ("torch", "transformers"):
-        package = tmp_path / "guard" / name
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
-    return {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(tmp_path / "guard")}
 
 
 def qa_record(question: str, answer: str, **extra: Any) -> dict[str, Any]:

@@ -5,10 +5,9 @@ refused as a different run."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,15 +92,6 @@ def test_a_wrong_path_fails_before_torch_is_imported(
     assert _train(config, without_torch) == "labtune train: " + message.format(tmp=tmp_path)
     assert (tmp_path / "file").read_text() == "x"
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def port_in_use() -> Iterator[int]:
-    """A port something else listens on (on every address, as the metrics server would)."""
-    with socket.socket() as holder:
-        holder.bind(("", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 def test_a_metrics_port_in_use_fails_before_torch_is_imported(
