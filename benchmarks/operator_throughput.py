@@ -90,7 +90,7 @@ def operator_children(name: str, ns: str) -> tuple[dict[str, Any], dict[str, Any
     body = {**tuning_job(name), "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}"}}
     resource = TuningJob.model_validate(body)
     datasets = Datasets(knowledge=resource.spec.data.knowledge, skills=resource.spec.data.skills)
-    _, children = build_trainer_plan(body, resource, datasets, OperatorSettings())
+    _, children = build_trainer_plan(body, resource, datasets, resource.spec.evaluation, OperatorSettings())
     config_map, job = (
         {**child, "metadata": {k: v for k, v in child["metadata"].items() if k != "ownerReferences"}}
         for child in children

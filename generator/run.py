@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs, LeafFailure
 from labtune.contract import ConfigError, resolve_artifact
-from labtune.contract.common import LeafType, output_path
+from labtune.contract.common import LeafType, fit, output_path
 from labtune.contract.evaluate import EvalExample
 from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
-from labtune.generator import gitrepo, holdout, pipeline, summaries
+from labtune.generator import gitrepo, holdout, pipeline
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.chunking import TokenCounter, approximate_tokens
 from labtune.generator.documents import Document, DocumentSource, fetch
@@ -251,7 +251,7 @@ class _Run:
             failed_leaves=failures[:20],
             failed_leaf_count=len(failures),
         )
-        return summaries.fit(summary, ("leaves", "failed_leaves"))
+        return fit(summary, ("leaves", "failed_leaves"))
 
 
 def load_pipeline(config: GenerateConfig) -> Pipeline:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from labtune.api.taxonomy import ValidationIssue
-from labtune.contract.common import output_path
+from labtune.contract.common import fit, output_path
 from labtune.contract.taxonomy import (
     GitCheckout,
     LeafManifest,
@@ -17,7 +17,7 @@ from labtune.contract.taxonomy import (
     TaxonomySyncConfig,
     TaxonomySyncSummary,
 )
-from labtune.generator import documents, gitrepo, summaries
+from labtune.generator import documents, gitrepo
 from labtune.generator.taxonomy import TaxonomyScan, scan
 from labtune.generator.validation import FileReport, Issue, ValidationReport, line_of
 
@@ -97,7 +97,7 @@ def summarize(commit: str, result: TaxonomyScan, manifest_uri: str) -> TaxonomyS
         warning_count=len(warnings),
         manifest=manifest_uri,
     )
-    return summaries.fit(summary, ("changed_leaves", "warnings", "errors"))
+    return fit(summary, ("changed_leaves", "warnings", "errors"))
 
 
 def sync(config: TaxonomySyncConfig) -> TaxonomySyncSummary:

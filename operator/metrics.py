@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -58,6 +59,53 @@ class ResourceStates(Collector):
 
 RESOURCE_STATES = ResourceStates()
 REGISTRY.register(RESOURCE_STATES)
+
+
+class EvaluationScores(Collector):
+    """`labtune_eval_score{namespace,benchmark,metric,model}` (model base or tuned): the scores of
+    the TuningJob that finished last in each namespace and benchmark, from status.evaluation — a
+    gauge per resource would carry its name; the latest run is what a dashboard compares."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str, str], tuple[str, list[Mapping[str, Any]]]] = {}
+
+    def update(self, body: Mapping[str, Any]) -> None:
+        """Records the run's scores when its status has them."""
+        status = body.get("status") or {}
+        evaluation = status.get("evaluation")
+        if not evaluation:
+            return
+        key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            self._runs[key] = (status.get("completionTime") or "", evaluation.get("benchmarks") or [])
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._runs.pop((kind, namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        latest: dict[tuple[str, str], tuple[str, Mapping[str, Any]]] = {}
+        with self._lock:
+            for (_, namespace, _), (finished, benchmarks) in self._runs.items():
+                for benchmark in benchmarks:
+                    key = (namespace, benchmark["name"])
+                    if key not in latest or finished >= latest[key][0]:
+                        latest[key] = (finished, benchmark)
+        family = GaugeMetricFamily(
+            "labtune_eval_score",
+            "Scores of the latest evaluated TuningJob per namespace and benchmark (nll: lower is better).",
+            labels=["namespace", "benchmark", "metric", "model"],
+        )
+        for (namespace, name), (_, benchmark) in sorted(latest.items()):
+            for model in ("base", "tuned"):
+                for metric, value in sorted((benchmark.get(model) or {}).items()):
+                    family.add_metric([namespace, name, metric, model], float(value))
+        yield family
+
+
+EVALUATION_SCORES = EvaluationScores()
+REGISTRY.register(EVALUATION_SCORES)
 
 
 def serve(port: int) -> None:

@@ -63,6 +63,29 @@ class Plan:
     pinned: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class KindCondition:
+    """A condition of the kind's own beside the run conditions (a TuningJob's Evaluated)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a completed Job's summary says about its run."""
+
+    status: dict[str, Any]
+    """Status fields from the summary."""
+    note: str = ""
+    """What a person should know beyond the completion, appended to its message ('' if nothing)."""
+    failure: tuple[str, str] | None = None
+    """(reason, message) when the run finished but its result is not one (a failed gate)."""
+    conditions: tuple[KindCondition, ...] = ()
+
+
 class RunKind(Protocol):
     """What a run kind contributes to the shared loop."""
 
@@ -72,16 +95,12 @@ class RunKind(Protocol):
         self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
     ) -> Plan | Waiting | CannotRun: ...
 
-    def finished_status(self, summary: str) -> dict[str, Any]:
-        """Status fields from the pod's termination summary; ValueError when it is not valid."""
+    def finished(self, summary: str) -> Finished:
+        """The run's end from the pod's termination summary; ValueError when it is not valid."""
         ...
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         """GPUs the run's pods hold together, for GPU-seconds accounting."""
-        ...
-
-    def completed_note(self, status: Mapping[str, Any]) -> str:
-        """What a person should know about a succeeded run beyond its completion ('' if nothing)."""
         ...
 
 
@@ -224,25 +243,30 @@ def reconcile_run(
     replaced = sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Failed")
     status["restarts"] = max(status["restarts"], replaced)
 
+    extra: tuple[KindCondition, ...] = ()
     if view.complete:
         try:
             restarts = status["restarts"]
-            status.update(kind.finished_status(termination_message(pods, "Succeeded") or ""))
-            status["restarts"] = max(restarts, status["restarts"])
+            end = kind.finished(termination_message(pods, "Succeeded") or "")
         except ValueError as error:
             outcome = RunOutcome(
                 "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {error}"
             )
         else:
-            note = kind.completed_note(status)
-            outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed{note}")
+            status.update(end.status)
+            status["restarts"] = max(restarts, status["restarts"])
+            extra = end.conditions
+            if end.failure:
+                outcome = RunOutcome("Failed", *end.failure)
+            else:
+                outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed{end.note}")
         status["completionTime"] = view.completion_time or timestamp
     else:
         problem = why_pods_wait(kube, namespace, pods) if starting else None
         outcome = _job_outcome(view, pods, want_suspend, problem)
         if outcome.state == "Failed":
             status["completionTime"] = timestamp
-    return _write(kube, store, kind, body, old, status, outcome, timestamp, view)
+    return _write(kube, store, kind, body, old, status, outcome, timestamp, view, extra)
 
 
 def _write(
@@ -255,11 +279,17 @@ def _write(
     outcome: RunOutcome,
     timestamp: str,
     view: JobView | None = None,
+    extra: tuple[KindCondition, ...] = (),
 ) -> Transition | None:
     meta = body["metadata"]
     generation = meta.get("generation", 0)
     status["state"] = outcome.state
-    status["conditions"] = cond.run_conditions(old.get("conditions") or [], outcome, generation, timestamp)
+    conditions = cond.run_conditions(old.get("conditions") or [], outcome, generation, timestamp)
+    for c in extra:
+        conditions = cond.set_condition(
+            conditions, c.type, c.status, c.reason, c.message, generation, timestamp
+        )
+    status["conditions"] = conditions
     duration = _seconds_between(view.start_time if view else None, status.get("completionTime"))
     gpu_seconds = (duration or 0.0) * kind.gpus(body["spec"])
     if "completionTime" in status:

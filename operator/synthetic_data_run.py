@@ -27,7 +27,7 @@ from labtune.operator.podspec import (
     artifact_mounts,
     build_pod_template,
 )
-from labtune.operator.runs import Plan, Waiting
+from labtune.operator.runs import Finished, Plan, Waiting
 from labtune.operator.scrape import Samples
 from labtune.operator.settings import OperatorSettings
 
@@ -202,7 +202,7 @@ class SyntheticDataRunKind:
             pinned={"taxonomyRevision": revision},
         )
 
-    def finished_status(self, summary: str) -> dict[str, Any]:
+    def finished(self, summary: str) -> Finished:
         parsed = GenerateSummary.model_validate_json(summary)
         # The evaluation dataset alone is no result: a run that succeeds has something to train on.
         if parsed.outputs.knowledge is None and parsed.outputs.skills is None:
@@ -215,22 +215,19 @@ class SyntheticDataRunKind:
             "samplesKept": parsed.samples_kept,
         }
         status: dict[str, Any] = {"outputs": parsed.outputs.to_wire(), "progress": progress}
-        if parsed.failed_leaf_count:
-            status["failedLeaves"] = [f.to_wire() for f in parsed.failed_leaves]
-            status["failedLeafCount"] = parsed.failed_leaf_count
-        return status
+        if not parsed.failed_leaf_count:
+            return Finished(status)
+        status["failedLeaves"] = [f.to_wire() for f in parsed.failed_leaves]
+        status["failedLeafCount"] = parsed.failed_leaf_count
+        first = parsed.failed_leaves[0] if parsed.failed_leaves else None
+        detail = f"; first: {first.reason}" if first else ""
+        count = parsed.failed_leaf_count
+        note = f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
+        return Finished(status, note=note)
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         model = (spec.get("teacher") or {}).get("model")
         return int(model.get("gpus", 1)) if model else 0
-
-    def completed_note(self, status: Mapping[str, Any]) -> str:
-        count = status.get("failedLeafCount")
-        if not count:
-            return ""
-        first = status["failedLeaves"][0] if status.get("failedLeaves") else None
-        detail = f"; first: {first['reason']}" if first else ""
-        return f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
 
 
 def progress_status(samples: Samples) -> dict[str, Any]:

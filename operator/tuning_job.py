@@ -6,11 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 from labtune.api import SyntheticDataRun, TuningJob
 from labtune.api.resource import Resource
 from labtune.api.synthetic_data_run import SyntheticDataRunStatus
+from labtune.api.tuning_job import (
+    HELD_OUT_BENCHMARK,
+    BenchmarkSpec,
+    EvaluationSpec,
+    GateResult,
+    Metric,
+    TuningEvaluation,
+)
 from labtune.contract import metrics as m
 from labtune.contract.train import Datasets, Distributed, ModelSource, TrainConfig, TrainSummary
 from labtune.operator.jobs import build_config_map, build_headless_service, build_job
@@ -25,7 +33,7 @@ from labtune.operator.naming import (
     service_name,
 )
 from labtune.operator.podspec import CONFIG_PATH, PodRequest, build_pod_template
-from labtune.operator.runs import CannotRun, Plan, Waiting
+from labtune.operator.runs import CannotRun, Finished, KindCondition, Plan, Waiting
 from labtune.operator.scrape import Samples
 from labtune.operator.settings import OperatorSettings
 
@@ -34,13 +42,46 @@ RENDEZVOUS_PORT = 29500
 TRAINER_GRACE_SECONDS = 300
 """After SIGTERM the trainer saves a checkpoint before it exits; Kubernetes' default 30 s is too
 short for the optimizer state of a large model on a network volume."""
+EVALUATED = "Evaluated"
+"""The condition a TuningJob with benchmarks gets when it finishes: True once scored (reason
+Scored, or GatePassed), False when the gate failed (GateFailed)."""
+GATE_FAILED = "GateFailed"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
+def resolve_evaluation(spec: EvaluationSpec, evaluation_dataset: str | None) -> EvaluationSpec | CannotRun:
+    """The spec's evaluation with every benchmark's dataset named: a benchmark without one uses the
+    SyntheticDataRun's evaluation dataset; with no benchmarks listed, that dataset is the default
+    `held-out` benchmark when the run wrote one (and there is none when it did not)."""
+    if spec.benchmarks is None:
+        benchmarks = [BenchmarkSpec(name=HELD_OUT_BENCHMARK)] if evaluation_dataset else []
+        if not benchmarks and (spec.gate or spec.select_by):
+            return CannotRun(
+                "NoEvaluationDataset",
+                "spec.evaluation sets a gate or selectBy on the held-out benchmark, but the "
+                "SyntheticDataRun wrote no evaluation dataset: set spec.evaluation.heldOutSeeds "
+                "on it, or list benchmarks with datasets",
+            )
+    else:
+        benchmarks = list(spec.benchmarks)
+    resolved = []
+    for benchmark in benchmarks:
+        if benchmark.dataset is None:
+            if evaluation_dataset is None:
+                return CannotRun(
+                    "NoEvaluationDataset",
+                    f"benchmark {benchmark.name} has no dataset and the SyntheticDataRun wrote no "
+                    "evaluation dataset: set spec.evaluation.heldOutSeeds on it, or the benchmark's dataset",
+                )
+            benchmark = benchmark.model_copy(update={"dataset": evaluation_dataset})
+        resolved.append(benchmark)
+    return spec.model_copy(update={"benchmarks": resolved})
+
+
 def build_train_config(
-    job: TuningJob, datasets: Datasets, output: str, settings: OperatorSettings
+    job: TuningJob, datasets: Datasets, evaluation: EvaluationSpec, output: str, settings: OperatorSettings
 ) -> TrainConfig:
-    """The trainer's config file, rendered from the spec."""
+    """The trainer's config file, rendered from the spec (with the evaluation resolved)."""
     spec = job.spec
     return TrainConfig(
         artifact_root=settings.artifact_root,
@@ -49,7 +90,7 @@ def build_train_config(
         datasets=datasets,
         method=spec.method,
         phases=spec.phases,
-        evaluation=spec.evaluation,
+        evaluation=evaluation,
         checkpoints=spec.checkpoints,
         output=output,
         merge_adapter=spec.output.merge_adapter,
@@ -85,6 +126,7 @@ def build_trainer_children(
         config.base_model.uri,
         config.output,
         *(u for u in (config.datasets.knowledge, config.datasets.skills) if u),
+        *(b.dataset for b in config.evaluation.benchmarks or [] if b.dataset),
     ]
     distributed = resources.nodes > 1
     request = PodRequest(
@@ -111,11 +153,15 @@ def build_trainer_children(
 
 
 def build_trainer_plan(
-    body: Mapping[str, Any], job: TuningJob, datasets: Datasets, settings: OperatorSettings
+    body: Mapping[str, Any],
+    job: TuningJob,
+    datasets: Datasets,
+    evaluation: EvaluationSpec,
+    settings: OperatorSettings,
 ) -> tuple[TrainConfig, tuple[dict[str, Any], ...]]:
     """The trainer config and the children that run it, once the datasets are known."""
     output = job.spec.output.uri or default_output(body, settings.artifact_claim)
-    config = build_train_config(job, datasets, output, settings)
+    config = build_train_config(job, datasets, evaluation, output, settings)
     return config, build_trainer_children(body, job, config, settings)
 
 
@@ -135,6 +181,7 @@ class TuningJobKind:
         job = TuningJob.model_validate(body)
         lineage: dict[str, Any] = {"baseModel": job.spec.base_model.uri}
         data = job.spec.data
+        evaluation_dataset = None
         if data.synthetic_data_run_ref is not None:
             found = self._datasets_from_run(
                 kube, body["metadata"]["namespace"], data.synthetic_data_run_ref.name
@@ -144,12 +191,15 @@ class TuningJobKind:
             datasets, run_status = found
             lineage["taxonomyRevision"] = run_status.taxonomy_revision
             outputs = run_status.outputs
-            lineage["datasets"] = (
-                [d.to_wire() for d in (outputs.knowledge, outputs.skills) if d] if outputs else []
-            )
+            used = (outputs.knowledge, outputs.skills, outputs.evaluation) if outputs else ()
+            lineage["datasets"] = [d.to_wire() for d in used if d]
+            evaluation_dataset = outputs.evaluation.uri if outputs and outputs.evaluation else None
         else:
             datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
-        config, children = build_trainer_plan(body, job, datasets, settings)
+        evaluation = resolve_evaluation(job.spec.evaluation, evaluation_dataset)
+        if isinstance(evaluation, CannotRun):
+            return evaluation
+        config, children = build_trainer_plan(body, job, datasets, evaluation, settings)
         lineage["configSha256"] = _config_digest(config)
         return Plan(
             job_name=children[-1]["metadata"]["name"],
@@ -181,7 +231,7 @@ class TuningJobKind:
         )
         return datasets, status
 
-    def finished_status(self, summary: str) -> dict[str, Any]:
+    def finished(self, summary: str) -> Finished:
         parsed = TrainSummary.model_validate_json(summary)  # pydantic's ValidationError is a ValueError
         if not (parsed.output.adapter or parsed.output.model):
             raise ValueError("the summary names no adapter and no model")
@@ -196,15 +246,62 @@ class TuningJobKind:
             # `failed`, and a deleted pod leaves no object: the trainer counts its own starts.
             "restarts": parsed.restarts,
         }
-        return status
+        evaluation = parsed.evaluation
+        if evaluation is None:
+            return Finished(status)
+        status["evaluation"] = evaluation.to_wire()
+        scored = headline(evaluation)
+        gate = evaluation.gate
+        if gate is None:
+            return Finished(
+                status, note=f"; {scored}", conditions=(KindCondition(EVALUATED, True, "Scored", scored),)
+            )
+        if gate.passed:
+            message = f"{scored}; {gate_text(gate)}: passed"
+            return Finished(
+                status,
+                note=f"; {message}",
+                conditions=(KindCondition(EVALUATED, True, "GatePassed", message),),
+            )
+        # Not promoted: no status.output, so nothing that deploys what a TuningJob reports picks it up.
+        kept = parsed.output.adapter or parsed.output.model
+        del status["output"]
+        message = (
+            f"the tuned model does not clear the gate and is not promoted: {gate_text(gate)} "
+            f"({scored}); its output stays at {kept} for inspection"
+        )
+        return Finished(
+            status,
+            failure=(GATE_FAILED, message),
+            conditions=(KindCondition(EVALUATED, False, GATE_FAILED, message),),
+        )
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         resources = spec.get("resources") or {}
         return int(resources.get("gpusPerNode", 1)) * int(resources.get("nodes", 1))
 
-    def completed_note(self, status: Mapping[str, Any]) -> str:
-        del status
-        return ""
+
+def _number(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".") if value else "0"
+
+
+def headline(evaluation: TuningEvaluation) -> str:
+    """The first benchmark's first score, base → tuned, and where the output came from."""
+    first = evaluation.benchmarks[0] if evaluation.benchmarks else None
+    chosen = evaluation.checkpoint
+    where = f"output from {chosen.phase} step {chosen.step} (by {chosen.selected_by})"
+    if first is None:
+        return where
+    metric = next(m for m in get_args(Metric) if first.base.get(m) is not None)
+    base, tuned = first.base.get(metric), first.tuned.get(metric)
+    return f"{first.name} {metric} {_number(base or 0.0)} → {_number(tuned or 0.0)} (base → tuned), {where}"
+
+
+def gate_text(gate: GateResult) -> str:
+    return (
+        f"gate {gate.benchmark}/{gate.metric} improved by {_number(gate.improvement)} "
+        f"(at least {_number(gate.min_improvement)})"
+    )
 
 
 def progress_status(samples: Samples) -> dict[str, Any]:

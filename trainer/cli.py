@@ -82,15 +82,30 @@ def run(config_path: Path) -> int:
 def _check_paths(config: TrainConfig) -> None:
     """The paths the config names, checked before torch is imported (some 20 s) so that a wrong
     one fails at once: the output folder and the termination log can be written, the base model
-    and datasets exist."""
+    and datasets exist, the benchmarks' questions are valid."""
     output_path(config.output, config.artifact_root, "output")
     check_termination_log(config.termination_log)
     if not resolve_artifact(config.base_model.uri, config.artifact_root).exists():
         raise ConfigError(f"base model {config.base_model.uri} does not exist")
     for dataset in sorted({phase.dataset for phase in config.phases}):
-        path = resolve_artifact(getattr(config.datasets, dataset), config.artifact_root)
-        if not path.exists():
-            raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
+        _check_exists(resolve_artifact(getattr(config.datasets, dataset), config.artifact_root))
+    for benchmark in config.evaluation.benchmarks or []:
+        _read_benchmark(benchmark.dataset or "", config.artifact_root)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
+
+
+def _read_benchmark(uri: str, artifact_root: str) -> list[EvalExample]:
+    """A benchmark's questions, read and checked (each line an EvalExample, ids unique, one at
+    least): bad evaluation data fails before training, not after it."""
+    from labtune.trainer.records import read_examples
+
+    path = resolve_artifact(uri, artifact_root)
+    _check_exists(path)
+    return read_examples(path)
 
 
 def _train(config: TrainConfig) -> int:
@@ -181,8 +196,6 @@ def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, list[EvalExamp
     output folder and the termination log can be written, every model's files exist, every
     dataset is valid (each line an EvalExample, ids unique, at least one). Returns each
     benchmark's examples."""
-    from labtune.trainer.records import read_examples
-
     output_path(config.output, config.artifact_root, "output")
     check_termination_log(config.termination_log)
     for model in config.models:
@@ -197,13 +210,7 @@ def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, list[EvalExamp
                     f"model {model.name}: adapter {model.adapter} is not an adapter: "
                     f"expected a folder with {ADAPTER_CONFIG}"
                 )
-    examples = {}
-    for benchmark in config.benchmarks:
-        path = resolve_artifact(benchmark.dataset, config.artifact_root)
-        if not path.exists():
-            raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
-        examples[benchmark.name] = read_examples(path)
-    return examples
+    return {b.name: _read_benchmark(b.dataset, config.artifact_root) for b in config.benchmarks}
 
 
 def _evaluate(config: EvaluateConfig, examples: dict[str, list[EvalExample]]) -> int:

@@ -24,7 +24,9 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from labtune.api.tuning_job import EvalScores
 from labtune.contract import ConfigError, resolve_artifact
+from labtune.contract.common import fit
 from labtune.contract.evaluate import (
     Benchmark,
     BenchmarkScores,
@@ -34,10 +36,8 @@ from labtune.contract.evaluate import (
     EvaluateSummary,
     ExampleResult,
     LeafScores,
-    Scores,
 )
 from labtune.contract.train import ModelSource
-from labtune.generator.summaries import fit
 from labtune.trainer.digests import file_sha256
 from labtune.trainer.layout import write_text_atomic
 from labtune.trainer.masking import TokenizedSample, tokenize_sample
@@ -201,13 +201,13 @@ def _mean(values: list[float | None]) -> float | None:
     return round(fmean(present), _DIGITS) if present else None
 
 
-def scores(results: list[ExampleResult]) -> Scores:
+def scores(results: list[ExampleResult]) -> EvalScores:
     """The means over a set of results (booleans as fractions)."""
 
     def fraction(flag: bool | None) -> float | None:
         return None if flag is None else float(flag)
 
-    return Scores(
+    return EvalScores(
         nll=_mean([r.nll for r in results]),
         exact_match=_mean([fraction(r.exact_match) for r in results]),
         contains=_mean([fraction(r.contains) for r in results]),

@@ -1,4 +1,5 @@
-"""`labtune train`: the phases in order, then the outputs and the summary.
+"""`labtune train`: the phases in order, the evaluation (when the config names benchmarks, see
+`promotion`), then the outputs and the summary.
 
 Started again with the same config, a run picks up where it stopped: finished phases are read
 from their result.json, the current phase resumes from its latest complete checkpoint, and a
@@ -23,6 +24,7 @@ from labtune.trainer.metrics import ProgressCallback, RunProgress, TrainerMetric
 from labtune.trainer.modeling import check_base_model, load_tokenizer, phase_model
 from labtune.trainer.phases import PhaseRun, batch_shape, estimated_steps, train_phase
 from labtune.trainer.preemption import Preempted, StopRequest
+from labtune.trainer.promotion import evaluate_run
 from labtune.trainer.records import read_samples
 from labtune.trainer.splits import PhaseData, prepare_phase_data, split_samples
 
@@ -48,9 +50,11 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
     results, runs = _train_phases(config, layout, base, tokenizer, data, stop, start)
     restarts = start.record()  # recorded already, unless every phase was done before this start
     last = results[-1]
-    output = TuningOutput()
+    output, evaluation = TuningOutput(), None
     if processes.rank() == 0:
         best = layout.phase(config.phases[-1].name) / last.best_checkpoint
+        if config.evaluation.benchmarks:
+            best, evaluation = evaluate_run(config, layout, last, stop)
         output = export_outputs(config, layout, base, best, tokenizer)
     seconds = sum(run.seconds_this_run for run in runs)
     summary = TrainSummary(
@@ -72,6 +76,7 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
         ],
         phases=[r.summary for r in results],
         restarts=restarts,
+        evaluation=evaluation,
     )
     if processes.rank() == 0:
         write_text_atomic(layout.summary, summary.model_dump_json(by_alias=True, exclude_none=True, indent=2))

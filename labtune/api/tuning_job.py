@@ -125,11 +125,100 @@ def _default_phases() -> list[Phase]:
     ]
 
 
+Metric = Literal["nll", "exactMatch", "contains", "rougeL"]
+"""A benchmark score: `nll` (mean per-token negative log-likelihood of the reference answers, lower
+is better), `exactMatch`, `contains`, `rougeL` (of the generated answers, higher is better)."""
+
+HELD_OUT_BENCHMARK = "held-out"
+"""The default benchmark's name: the SyntheticDataRun's held-out seed questions."""
+
+
+class BenchmarkSpec(ApiModel):
+    """Questions with reference answers (the generator's `evaluation.jsonl` format) that the base
+    model, the candidate checkpoints and the output are scored on after training."""
+
+    name: LabelName
+    """Unique within the job; gates and checkpoint choice name it."""
+    dataset: ArtifactURI | None = None
+    """The questions; unset: the evaluation dataset of `data.syntheticDataRunRef`."""
+    likelihood: bool = True
+    """Score the reference answers' likelihood (`nll`)."""
+    generation: bool = True
+    """Generate answers greedily and score them against the references (`exactMatch`, `contains`,
+    `rougeL`)."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Longest generated answer."""
+    system_prompt: LongText | None = None
+    """The system turn the training samples had (none with the shipped pipelines)."""
+
+
+class MetricRef(ApiModel):
+    """One score of one benchmark."""
+
+    benchmark: LabelName
+    """A benchmark of `evaluation.benchmarks` (`held-out` by default)."""
+    metric: Metric = "nll"
+    """Which of its scores."""
+
+
+class GateSpec(MetricRef):
+    """The bar the tuned model must clear over the base model to be promoted (`status.output`)."""
+
+    min_improvement: Annotated[float, Field(ge=-1000.0, le=1000.0)] = 0.0
+    """Least improvement over the base: base minus tuned for `nll`, tuned minus base for the
+    other scores (a fraction: 0.1 is ten points of exact match). 0 passes any model at least as
+    good as the base; a negative value tolerates that much regression."""
+
+
+def _benchmark_named(field: str) -> dict[str, str]:
+    return cel(
+        f"!has(self.{field}) || (has(self.benchmarks) ? "
+        f"self.benchmarks.exists(b, b.name == self.{field}.benchmark) : "
+        f"self.{field}.benchmark == '{HELD_OUT_BENCHMARK}')",
+        f"evaluation.{field}.benchmark must name one of evaluation.benchmarks "
+        f"('{HELD_OUT_BENCHMARK}' when benchmarks is unset)",
+    )
+
+
+def _metric_computed(field: str) -> dict[str, str]:
+    return cel(
+        f"!has(self.{field}) || !has(self.benchmarks) || self.benchmarks.all(b, "
+        f"b.name != self.{field}.benchmark || (self.{field}.metric == 'nll' ? b.likelihood : b.generation))",
+        f"evaluation.{field}: its benchmark does not compute that metric (nll needs likelihood, "
+        "the others generation)",
+    )
+
+
 class EvaluationSpec(ApiModel):
-    """Held-out evaluation."""
+    """Held-out loss during training, and benchmarks scored after it."""
+
+    model_config = model_rules(
+        _benchmark_named("selectBy"),
+        _benchmark_named("gate"),
+        _metric_computed("selectBy"),
+        _metric_computed("gate"),
+    )
 
     held_out_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
     """Fraction of each dataset kept out of training for evaluation loss."""
+    benchmarks: (
+        Annotated[
+            list[BenchmarkSpec],
+            Field(
+                max_length=8,
+                json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+            ),
+        ]
+        | None
+    ) = None
+    """Scored on the base model and the tuned model after training. Unset: `held-out` (likelihood
+    and generation) on the SyntheticDataRun's evaluation dataset when it has one; empty: none."""
+    select_by: MetricRef | None = None
+    """The score that chooses the output among the last phase's saved checkpoints (each is
+    scored); unset: the lowest held-out loss."""
+    gate: GateSpec | None = None
+    """A run whose tuned model does not beat the base by this much fails (reason `GateFailed`)
+    and reports no `status.output`; unset: no gate."""
 
 
 class CheckpointSpec(ApiModel):
@@ -173,6 +262,18 @@ class TuningJobSpec(BatchSpec):
             "|| (p.dataset == 'skills' && has(self.data.skills)))",
             "every phase's dataset must be given: set data.knowledge / data.skills for the "
             "datasets the phases use",
+        ),
+        cel(
+            "has(self.data.syntheticDataRunRef) || !has(self.evaluation.benchmarks) "
+            "|| self.evaluation.benchmarks.all(b, has(b.dataset))",
+            "a benchmark without a dataset uses the SyntheticDataRun's evaluation dataset: set its "
+            "dataset, or data.syntheticDataRunRef",
+        ),
+        cel(
+            "has(self.data.syntheticDataRunRef) || has(self.evaluation.benchmarks) "
+            "|| !(has(self.evaluation.gate) || has(self.evaluation.selectBy))",
+            "evaluation.gate and evaluation.selectBy need benchmarks: list them in "
+            "evaluation.benchmarks, or use data.syntheticDataRunRef for the default held-out one",
         ),
     )
 
@@ -258,6 +359,92 @@ class TuningOutput(ApiModel):
     """Digest of the model weights."""
 
 
+class EvalScores(ApiModel):
+    """A model's mean scores on one benchmark; a score the benchmark does not compute is left out."""
+
+    nll: float | None = None
+    """Mean over the questions of the reference answer's mean per-token negative log-likelihood
+    (nats; lower is better)."""
+    exact_match: float | None = None
+    """Fraction of generated answers equal to the reference (case, punctuation and spacing aside)."""
+    contains: float | None = None
+    """Fraction of generated answers that contain the reference's words in order, contiguous."""
+    rouge_l: float | None = None
+    """Mean ROUGE-L F-measure of the generated answers against the references."""
+
+    def get(self, metric: Metric) -> float | None:
+        return {
+            "nll": self.nll,
+            "exactMatch": self.exact_match,
+            "contains": self.contains,
+            "rougeL": self.rouge_l,
+        }[metric]
+
+
+class BenchmarkResult(ApiModel):
+    """The base and the tuned model on one benchmark."""
+
+    name: LabelName
+    """The benchmark."""
+    examples: Annotated[int, Field(ge=0)]
+    """Questions scored."""
+    base: EvalScores
+    """The base model's scores."""
+    tuned: EvalScores
+    """The output's scores."""
+
+
+class ChosenCheckpoint(ApiModel):
+    """The checkpoint the output was exported from, and why."""
+
+    phase: LabelName
+    """Its phase (the last)."""
+    step: Annotated[int, Field(ge=0)]
+    """Its step."""
+    uri: ArtifactURI
+    """Where it is."""
+    selected_by: Annotated[str, Field(max_length=200)]
+    """`evalLoss`, or `<benchmark>/<metric>` (evaluation.selectBy)."""
+    value: float | None = None
+    """Its value of that score."""
+    candidates: Annotated[int, Field(ge=1)]
+    """Checkpoints compared."""
+
+
+class GateResult(ApiModel):
+    """The promotion gate, applied."""
+
+    benchmark: LabelName
+    """The benchmark."""
+    metric: Metric
+    """The score compared."""
+    base: float
+    """The base model's score."""
+    tuned: float
+    """The tuned model's score."""
+    improvement: float
+    """Base minus tuned for `nll`, tuned minus base for the others."""
+    min_improvement: float
+    """The bar."""
+    passed: bool
+    """Whether the improvement reached the bar."""
+
+
+class TuningEvaluation(ApiModel):
+    """Benchmarks of the base model and the tuned model, scored after training."""
+
+    benchmarks: Annotated[list[BenchmarkResult], Field(max_length=8)]
+    """Per benchmark, base and tuned scores."""
+    checkpoint: ChosenCheckpoint
+    """The checkpoint the output came from, and why."""
+    gate: GateResult | None = None
+    """The gate, when the spec sets one."""
+    summary: ArtifactURI
+    """The evaluation's summary.json: every model, benchmark and taxonomy leaf."""
+    seconds: Annotated[float, Field(ge=0.0)]
+    """Wall time the evaluation added to the run."""
+
+
 class Lineage(ApiModel):
     """Everything needed to rebuild the result."""
 
@@ -286,6 +473,8 @@ class TuningJobStatus(RunStatusBase):
     """The result, once succeeded."""
     lineage: Lineage | None = None
     """Inputs of the run."""
+    evaluation: TuningEvaluation | None = None
+    """Base and tuned scores after training, the checkpoint chosen and the gate."""
 
 
 class TuningJob(Resource):
@@ -302,6 +491,9 @@ class TuningJob(Resource):
         PrinterColumn("Progress%", "integer", ".status.progress.percent"),
         PrinterColumn("Loss", "number", ".status.metrics.loss"),
         PrinterColumn("Eval-Loss", "number", ".status.metrics.evalLoss", priority=1),
+        PrinterColumn("Base-NLL", "number", ".status.evaluation.benchmarks[0].base.nll", priority=1),
+        PrinterColumn("Tuned-NLL", "number", ".status.evaluation.benchmarks[0].tuned.nll"),
+        PrinterColumn("Evaluated", "string", '.status.conditions[?(@.type=="Evaluated")].reason'),
         PrinterColumn("GPUs", "integer", ".spec.resources.gpusPerNode", priority=1),
         PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', priority=1),
     )

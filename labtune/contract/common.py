@@ -179,6 +179,26 @@ def output_path(uri: str, artifact_root: str | Path, name: str, *, folder: bool 
     return path
 
 
+SummaryT = TypeVar("SummaryT", bound=BaseModel)
+
+
+def _summary_size(summary: BaseModel) -> int:
+    data = summary.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return len(json.dumps(data, separators=(",", ":")).encode())
+
+
+def fit(summary: SummaryT, list_fields: tuple[str, ...]) -> SummaryT:
+    """A copy of `summary` whose `list_fields` are cut (the longest first) until it fits the
+    termination log; their counts stay exact in other fields."""
+    while _summary_size(summary) > SUMMARY_LIMIT_BYTES:
+        lengths = {name: len(getattr(summary, name)) for name in list_fields}
+        longest = max(lengths, key=lambda name: lengths[name])
+        if lengths[longest] == 0:
+            raise ValueError("summary does not fit the termination log even with every list emptied")
+        summary = summary.model_copy(update={longest: getattr(summary, longest)[: lengths[longest] // 2]})
+    return summary
+
+
 def write_summary(summary: BaseModel, path: str | Path) -> str:
     """Writes the summary JSON to the termination log and returns it; it must fit the kubelet's
     4 KiB limit (callers keep lists short and put full detail in artifacts)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from labtune.api.tuning_job import EvalScores
 from labtune.contract.common import ContractModel, LeafType, PodConfig
 from labtune.contract.train import ModelSource
 
@@ -123,27 +124,13 @@ class ExampleResult(ContractModel):
     rouge_l: float | None = None
 
 
-class Scores(ContractModel):
-    """Means over a set of examples; a score the benchmark did not compute is left out."""
-
-    nll: float | None = None
-    """Mean over the examples of each reference answer's mean per-token negative log-likelihood
-    (nats), the answer tokenized as in training (its content and the end-of-turn text up to EOS)."""
-    exact_match: float | None = None
-    """Fraction of generated answers equal to the reference (case, punctuation and spacing aside)."""
-    contains: float | None = None
-    """Fraction of generated answers that contain the reference's words in order, contiguous."""
-    rouge_l: float | None = None
-    """Mean ROUGE-L F-measure of the generated answers against the references."""
-
-
 class BenchmarkScores(ContractModel):
     """A benchmark's scores over all its examples."""
 
     name: str
     examples: int
     leaves: int
-    models: dict[str, Scores]
+    models: dict[str, EvalScores]
     """Scores by model name."""
 
 
@@ -154,7 +141,7 @@ class LeafScores(ContractModel):
     leaf: str
     leaf_type: LeafType
     examples: int
-    models: dict[str, Scores]
+    models: dict[str, EvalScores]
 
 
 class EvaluateSummary(ContractModel):

@@ -13,6 +13,7 @@ from labtune.api.tuning_job import (
     MethodSpec,
     Phase,
     TrainingMetrics,
+    TuningEvaluation,
     TuningOutput,
 )
 from labtune.contract.common import ContractModel, PodConfig
@@ -86,7 +87,33 @@ class TrainConfig(PodConfig):
                 raise ValueError(f"phase {phase.name}: set at most one of warmupSteps or warmupRatio")
         if self.method.type == "full" and self.method.lora is not None:
             raise ValueError("lora settings apply only to method.type lora or qlora")
+        self._check_benchmarks()
         return self
+
+    def _check_benchmarks(self) -> None:
+        """The operator resolves every benchmark's dataset; a config written by hand must name it."""
+        benchmarks = self.evaluation.benchmarks or []
+        names = [benchmark.name for benchmark in benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation.benchmarks: names must be unique, got {names}")
+        for benchmark in benchmarks:
+            if benchmark.dataset is None:
+                raise ValueError(f"evaluation.benchmarks {benchmark.name}: set its dataset")
+        by_name = {benchmark.name: benchmark for benchmark in benchmarks}
+        for field, ref in (("selectBy", self.evaluation.select_by), ("gate", self.evaluation.gate)):
+            if ref is None:
+                continue
+            if ref.benchmark not in by_name:
+                raise ValueError(
+                    f"evaluation.{field}.benchmark {ref.benchmark} is not one of evaluation.benchmarks "
+                    f"{names}"
+                )
+            benchmark = by_name[ref.benchmark]
+            if not (benchmark.likelihood if ref.metric == "nll" else benchmark.generation):
+                raise ValueError(
+                    f"evaluation.{field}: benchmark {ref.benchmark} does not compute {ref.metric} "
+                    "(nll needs likelihood, the others generation)"
+                )
 
 
 class PhaseSummary(ContractModel):
@@ -115,3 +142,5 @@ class TrainSummary(ContractModel):
     phases: list[PhaseSummary] = Field(default_factory=list)
     restarts: int = 0
     """How many times the run started again after it was stopped (preemption, a deleted pod)."""
+    evaluation: TuningEvaluation | None = None
+    """Base and tuned scores on the benchmarks, the checkpoint chosen and the gate."""

@@ -113,6 +113,7 @@ def serialized(kind: str, namespace: str, name: str) -> threading.Lock:
 def forget(kind: str, namespace: str, name: str) -> None:
     _locks.pop((kind, namespace, name), None)
     metrics.RESOURCE_STATES.forget(kind, namespace, name)
+    metrics.EVALUATION_SCORES.forget(kind, namespace, name)
 
 
 def read_run(context: Context, resource: type[Resource], namespace: str, name: str) -> dict[str, Any]:
@@ -173,5 +174,6 @@ def on_run_event(context: Context, kind: RunKind, event: Mapping[str, Any]) -> N
         forget(body["kind"], namespace, name)
         return
     context.store.put_owner(body)
+    metrics.EVALUATION_SCORES.update(body)
     key = (body["kind"], namespace, name)
     enqueue(context, key, partial(run_once, context, kind, namespace, name))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import CollectorRegistry
 
 from labtune.contract import metrics as contract
 from labtune.operator import metrics as operator_metrics
@@ -27,7 +27,10 @@ _CONTRACT_COUNTERS = {contract.GENERATE_SAMPLES_GENERATED, contract.GENERATE_SAM
 def operator_series() -> set[str]:
     names = set()
     for collector in vars(operator_metrics).values():
-        if isinstance(collector, MetricWrapperBase | operator_metrics.ResourceStates):
+        # Every collector object of the module (metrics and custom collectors), not its classes.
+        if isinstance(collector, type | CollectorRegistry):
+            continue
+        if callable(getattr(collector, "collect", None)):
             for family in collector.collect():
                 names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
     return names

@@ -113,9 +113,8 @@ def test_default_output_is_one_path_segment_a_file_system_accepts(name: str) -> 
 def test_a_multi_node_trainer_of_any_name_gets_valid_children(name: str) -> None:
     body = _body(name, resources={"gpusPerNode": 1, "nodes": 2})
     job = TuningJob.model_validate(body)
-    _, children = build_trainer_plan(
-        body, job, Datasets(knowledge="pvc://data/k.jsonl", skills="pvc://data/s.jsonl"), OperatorSettings()
-    )
+    datasets = Datasets(knowledge="pvc://data/k.jsonl", skills="pvc://data/s.jsonl")
+    _, children = build_trainer_plan(body, job, datasets, job.spec.evaluation, OperatorSettings())
     config_map, service, trainer = children
     assert (config_map["kind"], service["kind"], trainer["kind"]) == ("ConfigMap", "Service", "Job")
     assert DNS_1035_LABEL.match(service["metadata"]["name"])

@@ -57,7 +57,7 @@ def test_the_evaluation_dataset_is_recorded_in_status(tmp_path: Path) -> None:
         evaluation=_dataset("evaluation", 5, "e"),
     )
     summary = GenerateSummary(taxonomy_commit="a" * 40, teacher_model="m", outputs=outputs)
-    status = SyntheticDataRunKind().finished_status(write_summary(summary, tmp_path / "termination-log"))
+    status = SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
     assert status["outputs"]["evaluation"] == {
         "uri": "pvc://claim/out/evaluation.jsonl",
         "samples": 5,

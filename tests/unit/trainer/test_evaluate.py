@@ -17,6 +17,7 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from labtune.api.tuning_job import EvalScores
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, SUMMARY_LIMIT_BYTES, write_summary
 from labtune.contract.evaluate import (
     BenchmarkScores,
@@ -25,7 +26,6 @@ from labtune.contract.evaluate import (
     ExampleResult,
     LeafScores,
     ReferenceBenchmark,
-    Scores,
 )
 from labtune.trainer.cli import run_evaluation
 from labtune.trainer.evaluation import messages, termination_summaries
@@ -330,7 +330,8 @@ def test_the_progress_gauges() -> None:
 
 def test_the_termination_log_drops_leaves_until_it_fits(tmp_path: Path) -> None:
     scores = {
-        name: Scores(nll=1.2345, exact_match=0.5, contains=0.75, rouge_l=0.6789) for name in ("base", "tuned")
+        name: EvalScores(nll=1.2345, exact_match=0.5, contains=0.75, rouge_l=0.6789)
+        for name in ("base", "tuned")
     }
     leaves = [
         LeafScores(
