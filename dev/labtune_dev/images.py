@@ -143,10 +143,14 @@ def wheel_pin(filename: str) -> tuple[str, str]:
     return normalize(name), version.lower()
 
 
-def missing_wheels(wanted: dict[str, str], filenames: list[str]) -> dict[str, str]:
+Pin = tuple[str, str]
+"""(normalized name, version)."""
+
+
+def missing_wheels(wanted: set[Pin], filenames: list[str]) -> set[Pin]:
     """The pins of `wanted` that no wheel among `filenames` provides."""
     present = {wheel_pin(filename) for filename in filenames if filename.endswith(".whl")}
-    return {name: version for name, version in wanted.items() if (name, version.lower()) not in present}
+    return {(name, version) for name, version in wanted if (name, version.lower()) not in present}
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -215,12 +219,10 @@ def buildah() -> Buildah:
 # --- wheelhouse -------------------------------------------------------------------------------------
 
 
-def wanted_wheels() -> dict[str, str]:
-    """Every pin of images/requirements/*.txt."""
-    wanted: dict[str, str] = {}
-    for lock in LOCKS:
-        wanted |= pins(lock.path.read_text())
-    return wanted
+def wanted_wheels() -> set[Pin]:
+    """Every pin of images/requirements/*.txt: one package may be pinned at different versions in
+    different images (python-dateutil 4 for the operator, 2.9 where pandas wants it)."""
+    return {pin for lock in LOCKS for pin in pins(lock.path.read_text()).items()}
 
 
 def ensure_wheelhouse() -> Path:
@@ -234,7 +236,7 @@ def ensure_wheelhouse() -> Path:
             _fetch(missing, folder)
             progress(f"fetched {len(missing)} wheels in {time.monotonic() - started:.0f}s")
         if still := missing_wheels(wanted_wheels(), [path.name for path in folder.iterdir()]):
-            raise ImageError(f"no wheel in {folder} for {', '.join(f'{n}=={v}' for n, v in still.items())}")
+            raise ImageError(f"no wheel in {folder} for {', '.join(f'{n}=={v}' for n, v in sorted(still))}")
     return folder
 
 
@@ -245,18 +247,30 @@ def uv() -> str:
     return uv
 
 
-def _fetch(missing: dict[str, str], folder: Path) -> None:
+def fetch_rounds(missing: set[Pin]) -> list[dict[str, str]]:
+    """The pins split so that no round names a package twice (pip refuses two versions of one)."""
+    rounds: list[dict[str, str]] = []
+    for name, version in sorted(missing):
+        free = next((r for r in rounds if name not in r), None)
+        if free is None:
+            rounds.append(free := {})
+        free[name] = version
+    return rounds
+
+
+def _fetch(missing: set[Pin], folder: Path) -> None:
     """`pip wheel` (a wheel for what PyPI has only as source) into a scratch folder, then moved in: a
     wheel in the wheelhouse is always complete."""
     scratch = folder / ".partial"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     requirements = scratch / "requirements.txt"
-    requirements.write_text("".join(f"{name}=={version}\n" for name, version in sorted(missing.items())))
     # The wheels are for the images' CPython 3.11, whatever python runs this.
     argv = [uv(), "tool", "run", "--quiet", "--python", "3.11", "--from", "pip", "pip", "wheel"]
     argv += ["--no-cache-dir", "--no-deps", "--progress-bar", "off", "--wheel-dir", str(scratch)]
-    _run("fetching wheels (pip wheel)", [*argv, "-r", str(requirements)], _log("wheelhouse"))
+    for pinned in fetch_rounds(missing):
+        requirements.write_text("".join(f"{name}=={version}\n" for name, version in pinned.items()))
+        _run("fetching wheels (pip wheel)", [*argv, "-r", str(requirements)], _log("wheelhouse"))
     for wheel in scratch.glob("*.whl"):
         wheel.replace(folder / wheel.name)
     shutil.rmtree(scratch)

@@ -11,12 +11,16 @@ from labtune.operator.settings import OperatorSettings
 from labtune_dev.image_requirements import ROOT
 from labtune_dev.images import (
     IMAGE_NAMES,
+    LOCKS,
     ImageError,
     debian_base_key,
+    fetch_rounds,
     image_name,
     image_tag,
     missing_wheels,
+    pins,
     torch_base_key,
+    wanted_wheels,
     wheel_pin,
 )
 
@@ -44,13 +48,28 @@ def test_wheel_pin_reads_the_file_name() -> None:
 
 
 def test_missing_wheels_skips_what_is_there() -> None:
-    wanted = {"torch": "2.9.1", "typing-extensions": "4.16.0", "pyyaml": "6.0.3"}
+    wanted = {("torch", "2.9.1"), ("typing-extensions", "4.16.0"), ("pyyaml", "6.0.3")}
     present = [
         "torch-2.9.1-cp311-cp311-manylinux_2_28_x86_64.whl",
         "PyYAML-6.0.2-cp311-cp311-linux_x86_64.whl",
     ]
     present += ["typing_extensions-4.16.0-py3-none-any.whl", ".partial", "requirements.txt"]
-    assert missing_wheels(wanted, present) == {"pyyaml": "6.0.3"}
+    assert missing_wheels(wanted, present) == {("pyyaml", "6.0.3")}
+
+
+def test_every_version_an_image_pins_is_wanted() -> None:
+    # A clean machine's wheelhouse had only one python-dateutil: the trainer's 2.9 replaced the
+    # operator's 4.0 in a dict keyed by name, and the operator image could not be built.
+    wanted = wanted_wheels()
+    for lock in LOCKS:
+        assert set(pins(lock.path.read_text()).items()) <= wanted, lock.path
+
+
+def test_fetch_rounds_never_name_a_package_twice() -> None:
+    wanted = {("python-dateutil", "4.0.0"), ("python-dateutil", "2.9.0.post0"), ("six", "1.17.0")}
+    rounds = fetch_rounds(wanted)
+    assert sorted((n, v) for r in rounds for n, v in r.items()) == sorted(wanted)
+    assert len(rounds) == 2
 
 
 def test_tags_are_what_the_operator_and_chart_default_to() -> None:
