@@ -300,6 +300,56 @@ BAD_INPUT = [
         id="run-leaf-failure-policy",
     ),
     pytest.param(
+        JOB,
+        _set("evaluation", {"gate": {"benchmark": "held-out", "minImprovement": 0.1}}),
+        "evaluation.gate and evaluation.selectBy need benchmarks",
+        id="job-gate-without-questions",
+    ),
+    pytest.param(
+        JOB,
+        _set("evaluation", {"benchmarks": [{"name": "mine"}]}),
+        "a benchmark without a dataset uses the SyntheticDataRun's evaluation dataset",
+        id="job-benchmark-without-dataset",
+    ),
+    pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [{"name": "mine", "dataset": "pvc://data/q.jsonl"}],
+                "gate": {"benchmark": "other"},
+            },
+        ),
+        "evaluation.gate.benchmark must name one of evaluation.benchmarks",
+        id="job-gate-unknown-benchmark",
+    ),
+    pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [{"name": "mine", "dataset": "pvc://data/q.jsonl", "generation": False}],
+                "selectBy": {"benchmark": "mine", "metric": "rougeL"},
+            },
+        ),
+        "evaluation.selectBy: its benchmark does not compute that metric",
+        id="job-select-by-uncomputed-metric",
+    ),
+    pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [
+                    {"name": "a", "dataset": "pvc://data/q.jsonl"},
+                    {"name": "a", "dataset": "pvc://d/r.jsonl"},
+                ]
+            },
+        ),
+        'spec.evaluation.benchmarks[1]: Duplicate value: {"name":"a"}',
+        id="job-duplicate-benchmarks",
+    ),
+    pytest.param(
         RUN,
         _set("evaluation", {"heldOutSeeds": 1, "heldOutSeedFraction": 0.2}),
         "set at most one of evaluation.heldOutSeeds or evaluation.heldOutSeedFraction",
@@ -338,7 +388,9 @@ def test_examples_are_accepted_and_defaulted(api_client: client.ApiClient, names
     job = created["TuningJob"]["spec"]
     assert job["checkpoints"]["keep"] == 3  # nested default filled in by the API server
     assert job["evaluation"]["heldOutFraction"] == 0.05
+    assert job["evaluation"]["gate"] == {"benchmark": "held-out", "metric": "nll", "minImprovement": 0.05}
     run = created["SyntheticDataRun"]["spec"]
+    assert run["evaluation"] == {"heldOutSeeds": 1}
     assert run["suspend"] is False
     assert run["scale"]["samplesPerSeed"] == 30
 
@@ -445,6 +497,20 @@ def test_kubectl_shows_printer_columns(
             "currentPhase": "skills",
             "progress": {"percent": 42, "step": 420, "totalSteps": 1000},
             "metrics": {"loss": 1.25, "evalLoss": 1.5},
+            "evaluation": {
+                "benchmarks": [
+                    {"name": "held-out", "examples": 3, "base": {"nll": 1.75}, "tuned": {"nll": 0.25}}
+                ],
+                "checkpoint": {
+                    "phase": "skills",
+                    "step": 8,
+                    "uri": "pvc://a/b",
+                    "selectedBy": "evalLoss",
+                    "candidates": 1,
+                },
+                "summary": "pvc://a/b/evaluation/summary.json",
+                "seconds": 2.5,
+            },
             "conditions": [
                 {
                     "type": "Ready",
@@ -452,16 +518,27 @@ def test_kubectl_shows_printer_columns(
                     "reason": "Running",
                     "message": "training",
                     "lastTransitionTime": "2026-11-24T07:00:00Z",
-                }
+                },
+                {
+                    "type": "Evaluated",
+                    "status": "True",
+                    "reason": "GatePassed",
+                    "message": "held-out nll 1.75 → 0.25",
+                    "lastTransitionTime": "2026-11-24T07:00:00Z",
+                },
             ],
         },
     )
     table = _kubectl(kubeconfig, "get", "tj", "-n", namespace).splitlines()
-    assert table[0].split() == ["NAME", "STATE", "METHOD", "PHASE", "PROGRESS%", "LOSS", "AGE"]
-    assert table[1].split()[:6] == ["job", "Running", "lora", "skills", "42", "1.25"]
+    assert table[0].split() == [
+        "NAME", "STATE", "METHOD", "PHASE", "PROGRESS%", "LOSS", "TUNED-NLL", "EVALUATED", "AGE"
+    ]  # fmt: skip
+    assert table[1].split()[:8] == ["job", "Running", "lora", "skills", "42", "1.25", "0.25", "GatePassed"]
     wide = _kubectl(kubeconfig, "get", "tuningjobs", "-n", namespace, "-o", "wide").splitlines()
-    assert wide[0].split()[-4:] == ["EVAL-LOSS", "GPUS", "READY", "AGE"]
-    assert wide[1].split()[-4:-1] == ["1.5", "1", "False"]
+    assert wide[0].split()[-8:] == [
+        "LOSS", "EVAL-LOSS", "BASE-NLL", "TUNED-NLL", "EVALUATED", "GPUS", "READY", "AGE"
+    ]  # fmt: skip
+    assert wide[1].split()[-8:-1] == ["1.25", "1.5", "1.75", "0.25", "GatePassed", "1", "False"]
 
     _create(api_client, namespace, copy.deepcopy(TAXONOMY))
     everything = _kubectl(kubeconfig, "get", "labtune", "-n", namespace)  # the category
