@@ -206,6 +206,84 @@ def test_progress_from_pod_metrics_then_success_from_the_termination_message(
     assert reasons
 
 
+BENCHMARK = {"name": "facts", "dataset": "pvc://data/facts.jsonl", "generation": False}
+
+
+def _evaluated(tuned_nll: float, passed: bool) -> dict[str, Any]:
+    """The trainer's summary after scoring the base (nll 2.9) and the chosen checkpoint."""
+    improvement = round(2.9 - tuned_nll, 4)
+    return {
+        "output": {"adapter": "pvc://labtune-artifacts/out/adapter", "adapterSha256": "a" * 64},
+        "metrics": {"loss": 0.9, "evalLoss": 1.1},
+        "steps": 8,
+        "evaluation": {
+            "benchmarks": [
+                {"name": "facts", "examples": 8, "base": {"nll": 2.9}, "tuned": {"nll": tuned_nll}}
+            ],
+            "checkpoint": {
+                "phase": "skills",
+                "step": 8,
+                "uri": "pvc://labtune-artifacts/out/skills/checkpoint-8",
+                "selectedBy": "facts/nll",
+                "value": tuned_nll,
+                "candidates": 2,
+            },
+            "gate": {
+                "benchmark": "facts",
+                "metric": "nll",
+                "base": 2.9,
+                "tuned": tuned_nll,
+                "improvement": improvement,
+                "minImprovement": 0.1,
+                "passed": passed,
+            },
+            "summary": "pvc://labtune-artifacts/out/evaluation/summary.json",
+            "seconds": 12.5,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("tuned_nll", "passed", "state", "reason"),
+    [(1.4, True, "Succeeded", "GatePassed"), (2.9, False, "Failed", "GateFailed")],
+    ids=["passed", "failed"],
+)
+def test_the_gate_decides_whether_the_run_has_an_output(
+    cluster: Cluster, kubelet: Kubelet, tuned_nll: float, passed: bool, state: str, reason: str
+) -> None:
+    name = f"gate-{reason.lower()}"
+    evaluation = {
+        "benchmarks": [BENCHMARK],
+        "selectBy": {"benchmark": "facts"},
+        "gate": {"benchmark": "facts", "minImprovement": 0.1},
+    }
+    cluster.create(tuning_job(name, evaluation=evaluation))
+    cluster.job(f"{name}-train")
+    config_map = cluster.core.read_namespaced_config_map(f"{name}-train", cluster.namespace)
+    config = TrainConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
+    assert [b.dataset for b in config.evaluation.benchmarks or []] == [BENCHMARK["dataset"]]
+    summary = _evaluated(tuned_nll, passed)
+    kubelet.finish(f"{name}-train", 0, json.dumps(summary))
+    status = cluster.status_when("tuningjobs", name, lambda s: s.get("state") == state, state)
+    assert status["evaluation"]["benchmarks"] == summary["evaluation"]["benchmarks"]
+    assert status["evaluation"]["checkpoint"]["selectedBy"] == "facts/nll"
+    assert status["evaluation"]["gate"]["passed"] is passed
+    evaluated = condition(status, "Evaluated")
+    assert (evaluated["status"], evaluated["reason"]) == (str(passed), reason)
+    assert "facts/nll" in evaluated["message"]
+    if passed:
+        assert status["output"] == summary["output"]
+        assert condition(status, "Succeeded")["status"] == "True"
+    else:
+        # Nothing that promotes what a TuningJob reports may pick up a model that failed its gate.
+        assert "output" not in status
+        assert condition(status, "Failed")["reason"] == "GateFailed"
+        warnings = eventually(
+            lambda: [e for e in cluster.events(name) if e.reason == "GateFailed"] or None, what="event"
+        )
+        assert warnings[0].type == "Warning"
+
+
 def test_success_without_a_summary_is_a_failure(cluster: Cluster, kubelet: Kubelet) -> None:
     cluster.create(tuning_job("nosummary"))
     cluster.job("nosummary-train")
@@ -282,6 +360,7 @@ def test_waits_for_its_synthetic_data_run_then_uses_its_datasets(cluster: Cluste
     outputs = {
         "knowledge": {"uri": "pvc://labtune-artifacts/sdg/knowledge.jsonl", "samples": 10, "sha256": digest},
         "skills": {"uri": "pvc://labtune-artifacts/sdg/skills.jsonl", "samples": 20, "sha256": digest},
+        "evaluation": {"uri": "pvc://labtune-artifacts/sdg/evaluation.jsonl", "samples": 3, "sha256": digest},
     }
     finished = {
         "state": "Succeeded",
@@ -297,10 +376,16 @@ def test_waits_for_its_synthetic_data_run_then_uses_its_datasets(cluster: Cluste
     assert [d["uri"] for d in status["lineage"]["datasets"]] == [
         outputs["knowledge"]["uri"],
         outputs["skills"]["uri"],
+        outputs["evaluation"]["uri"],
     ]
     config_map = cluster.core.read_namespaced_config_map("chained-train", cluster.namespace)
     config = TrainConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
     assert config.datasets.skills == outputs["skills"]["uri"]
+    # The held-back seed questions are scored by default, likelihood and generation.
+    [benchmark] = config.evaluation.benchmarks or []
+    assert (benchmark.name, benchmark.dataset) == ("held-out", outputs["evaluation"]["uri"])
+    assert benchmark.likelihood
+    assert benchmark.generation
 
 
 def test_a_deleted_child_job_is_recreated_once(cluster: Cluster) -> None:
