@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+from holdout_check import held_out_leaks
 
+from labtune.contract.evaluate import EvalExample
 from labtune.contract.generate import GenerateConfig, GenerateSummary
 from labtune.generator.records import Record
 from labtune.generator.run import generate
@@ -113,6 +115,44 @@ def test_transformers_backend_is_seeded(
     assert sorted(r.messages[0].content for r in again_skills) == sorted(
         r.messages[0].content for r in first_skills
     )
+
+
+def test_the_real_teacher_never_sees_the_held_out_seeds_nor_do_the_datasets(
+    taxonomy: SampleTaxonomy,
+    transformers_teacher: TransformersTeacher,
+    smollm2: Path,
+    tmp_path: Path,
+    testkit: Testkit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prompts: list[str] = []
+    real_generate = transformers_teacher.generate
+
+    def recording(requests: Sequence[CompletionRequest]) -> list[Completion]:
+        prompts.extend(r.prompt for r in requests)
+        return real_generate(requests)
+
+    monkeypatch.setattr(transformers_teacher, "generate", recording)
+    config: GenerateConfig = testkit.unit.generate_config(
+        taxonomy,
+        tmp_path,
+        pipeline={"path": str(testkit.tiny_pipeline)},
+        scale=SCALE,
+        teacher={"backend": "transformers", "model": str(smollm2)},
+        evaluation={"heldOutSeeds": 1},
+    )
+    summary = generate(config, teacher=transformers_teacher)
+    assert len(prompts) >= summary.samples_kept > 0  # the prompts were recorded
+    assert summary.outputs.evaluation is not None
+    questions = [
+        EvalExample.model_validate_json(line)
+        for line in Path(summary.outputs.evaluation.uri).read_text().splitlines()
+    ]
+    assert len({q.leaf for q in questions}) == 3  # every leaf held one seed back
+    document = (taxonomy.documents / "sun.md").read_text()
+    checked, leaks = held_out_leaks(taxonomy.root, document, config, prompts)
+    assert leaks == []
+    assert checked >= 3 + 2  # the knowledge seed's questions and the skills' questions at least
 
 
 def test_instructlab_training_reads_the_datasets(

@@ -4,14 +4,13 @@ shown to the teacher, never in the phase datasets, written as `evaluation.jsonl`
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
+from holdout_check import held_out_by_leaf, held_out_leaks, seed_examples, seed_texts
 from pydantic import ValidationError
 
 from labtune.contract import ConfigError, resolve_artifact
@@ -41,27 +40,9 @@ def _evaluation(config: GenerateConfig) -> list[EvalExample]:
     return [EvalExample.model_validate_json(line) for line in lines]
 
 
-def _held_out(config: GenerateConfig) -> dict[str, Any]:
-    report = json.loads((_output(config) / "report.json").read_text())
-    return {leaf["path"]: leaf for leaf in report["held_out"]}
-
-
 def _digests(summary: GenerateSummary) -> tuple[str | None, ...]:
     outputs = summary.outputs
     return tuple(o.sha256 if o else None for o in (outputs.knowledge, outputs.skills, outputs.evaluation))
-
-
-def _seed_examples(sample: SampleTaxonomy, leaf: str) -> list[dict[str, Any]]:
-    examples: list[dict[str, Any]] = yaml.safe_load((sample.root / leaf).read_text())["seed_examples"]
-    return examples
-
-
-def _texts(seed: dict[str, Any]) -> list[str]:
-    """Every string of a seed example: context, questions, answers."""
-    texts = [seed[k] for k in ("context", "question", "answer") if k in seed]
-    for qa in seed.get("questions_and_answers", []):
-        texts += [qa["question"], qa["answer"]]
-    return texts
 
 
 def test_held_out_seeds_become_the_evaluation_dataset(
@@ -79,12 +60,12 @@ def test_held_out_seeds_become_the_evaluation_dataset(
     assert Counter(e.leaf for e in examples) == {SUN: 3, CAPITALS: 1, HAIKU: 1}
     assert len({e.id for e in examples}) == len(examples)
 
-    held_out = _held_out(config)
+    held_out = held_out_by_leaf(config)
     assert sorted(held_out) == sorted(LEAVES)
     for leaf, entry in held_out.items():
         assert len(entry["seed_indexes"]) == 1
         assert entry["ids"] == [e.id for e in examples if e.leaf == leaf]
-        (seed,) = [_seed_examples(sample_taxonomy, leaf)[i] for i in entry["seed_indexes"]]
+        (seed,) = [seed_examples(sample_taxonomy.root, leaf)[i] for i in entry["seed_indexes"]]
         mine = [e for e in examples if e.leaf == leaf]
         if leaf == SUN:  # closed-book: each pair is one question, without the seed's context
             pairs = [(qa["question"], qa["answer"]) for qa in seed["questions_and_answers"]]
@@ -110,27 +91,17 @@ def test_the_teacher_and_the_datasets_never_see_the_held_out_seeds(
     teacher = fake_teacher()
     generate(config, teacher=teacher)
     prompts = [r.prompt for r in teacher.requests]
-    files = {
-        name: (_output(config) / name).read_text(encoding="utf-8")
-        for name in ("knowledge.jsonl", "skills.jsonl")
-    }
-    document = (sample_taxonomy.documents / "sun.md").read_text()
-    checked = 0
-    for leaf, entry in _held_out(config).items():
-        seeds = _seed_examples(sample_taxonomy, leaf)
-        held = [seeds[i] for i in entry["seed_indexes"]]
-        kept = [s for i, s in enumerate(seeds) if i not in entry["seed_indexes"]]
-        # What generation may show: the kept seeds and the documents. A held-out string that is
-        # also there (the answer "Earth." is in the document) cannot tell a leak apart.
-        visible = "\n".join([document, *(t for s in kept for t in _texts(s))])
-        assert any(t in p for t in _texts(kept[0]) for p in prompts), "the kept seeds are in the prompts"
-        for text in (t for s in held for t in _texts(s)):
-            if text in visible:
-                continue
-            checked += 1
-            assert not any(text in p for p in prompts), f"{leaf}: a prompt shows {text!r}"
-            for name, content in files.items():
-                assert text not in content, f"{leaf}: {name} holds {text!r}"
+    for leaf, entry in held_out_by_leaf(config).items():
+        kept = [
+            s
+            for i, s in enumerate(seed_examples(sample_taxonomy.root, leaf))
+            if i not in entry["seed_indexes"]
+        ]
+        assert any(t in p for t in seed_texts(kept[0]) for p in prompts), "the kept seeds are in the prompts"
+    checked, leaks = held_out_leaks(
+        sample_taxonomy.root, (sample_taxonomy.documents / "sun.md").read_text(), config, prompts
+    )
+    assert leaks == []
     assert checked >= 3 * 2 + 2 + 3  # every question and context, most answers
 
 
@@ -145,7 +116,7 @@ def test_the_selection_is_seeded_per_leaf(
             evaluation=ONE,
         )
         summary = generate(config, teacher=fake_teacher())
-        return _held_out(config), _digests(summary)
+        return held_out_by_leaf(config), _digests(summary)
 
     first, again, other = run("a", 7), run("b", 7), run("c", 8)
     assert first == again
@@ -192,7 +163,7 @@ def test_no_held_out_seeds_changes_nothing(
     assert _digests(zero) == _digests(without)
     assert zero.outputs.evaluation is None
     assert not (_output(config) / "evaluation.jsonl").exists()
-    assert _held_out(config) == {}
+    assert held_out_by_leaf(config) == {}
 
 
 def test_a_fraction_holds_back_proportionally(
@@ -206,7 +177,9 @@ def test_a_fraction_holds_back_proportionally(
     small, _ = run("small", {"heldOutSeedFraction": 0.1})  # 0.5 seeds rounds down, but at least one
     assert _digests(small) == _digests(count)
     half, config = run("half", {"heldOutSeedFraction": 0.5})  # 2.5 of 5 seeds: two
-    assert {leaf: len(e["seed_indexes"]) for leaf, e in _held_out(config).items()} == dict.fromkeys(LEAVES, 2)
+    assert {leaf: len(e["seed_indexes"]) for leaf, e in held_out_by_leaf(config).items()} == dict.fromkeys(
+        LEAVES, 2
+    )
     assert half.outputs.evaluation is not None
     assert half.outputs.evaluation.samples == 2 * 3 + 2 + 2
 
