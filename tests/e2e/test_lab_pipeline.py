@@ -20,6 +20,7 @@ from kubernetes import client
 from kubetest import condition, eventually
 
 from labtune.api import GROUP, VERSION
+from labtune.contract.evaluate import EvalExample, EvaluateSummary
 from labtune.operator.settings import OperatorSettings
 from labtune_dev.binaries import ensure_debian_packages
 from labtune_dev.demo import DemoSettings, DemoState, demo_environment
@@ -134,13 +135,29 @@ def test_taxonomy_to_tuned_adapter(
         assert output["sha256"] == _sha256(path)
         assert all({"id", "messages", "metadata", "unmask"} <= record.keys() for record in records)
         assert all(m["role"] in ("system", "user", "assistant") for r in records for m in r["messages"])
+    # One seed example per leaf held back from the teacher: the knowledge seed's three questions, one
+    # per skill leaf.
+    held_out = run["outputs"]["evaluation"]
+    path = state.claim_dir / held_out["uri"].removeprefix("pvc://labtune-artifacts/")
+    questions = [EvalExample.model_validate_json(line) for line in path.read_text().splitlines()]
+    assert held_out["samples"] == len(questions) == 5
+    assert held_out["sha256"] == _sha256(path)
+    assert len({q.leaf for q in questions}) == 3
 
     job = finished("tuningjobs", 900)
     assert job["lineage"]["taxonomyRevision"] == state.taxonomy_commit
-    assert {d["sha256"] for d in job["lineage"]["datasets"]} == {
-        run["outputs"]["knowledge"]["sha256"],
-        run["outputs"]["skills"]["sha256"],
-    }
+    assert [d["sha256"] for d in job["lineage"]["datasets"]] == [
+        run["outputs"][name]["sha256"] for name in ("knowledge", "skills", "evaluation")
+    ]
+    # Scored after training, in the trainer's pod: the base model and the chosen checkpoint.
+    [benchmark] = job["evaluation"]["benchmarks"]
+    assert benchmark["name"] == "held-out"
+    assert benchmark["examples"] == len(questions)
+    assert {"nll", "exactMatch", "contains", "rougeL"} <= benchmark["base"].keys() & benchmark["tuned"].keys()
+    assert job["evaluation"]["checkpoint"]["selectedBy"] == "evalLoss"
+    assert condition(job, "Evaluated")["reason"] == "Scored"
+    summary = state.claim_dir / job["evaluation"]["summary"].removeprefix("pvc://labtune-artifacts/")
+    assert EvaluateSummary.model_validate_json(summary.read_text()).benchmarks[0].examples == len(questions)
     adapter = state.claim_dir / job["output"]["adapter"].removeprefix("pvc://labtune-artifacts/")
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
