@@ -28,7 +28,13 @@ from labtune.contract import (
     write_summary,
 )
 from labtune.contract.common import check_metrics_port, check_termination_log, output_path
-from labtune.contract.evaluate import EvalExample, EvaluateConfig
+from labtune.contract.evaluate import (
+    Benchmark,
+    EvalExample,
+    EvaluateConfig,
+    Examples,
+    MultipleChoiceBenchmark,
+)
 from labtune.contract.train import TrainConfig, TrainSummary
 
 log = logging.getLogger("labtune.trainer")
@@ -191,10 +197,11 @@ def run_evaluation(config_path: Path) -> int:
         return EXIT_CONFIG_ERROR
 
 
-def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, list[EvalExample]]:
+def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, Examples]:
     """What can be checked before torch is imported, so that a wrong config fails at once: the
     output folder and the termination log can be written, every model's files exist, every
-    dataset is valid (each line an EvalExample, ids unique, at least one). Returns each
+    dataset is valid (each line an EvalExample, or a ChoiceExample for multiple choice; at least
+    one). Returns each
     benchmark's examples."""
     output_path(config.output, config.artifact_root, "output")
     check_termination_log(config.termination_log)
@@ -210,10 +217,20 @@ def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, list[EvalExamp
                     f"model {model.name}: adapter {model.adapter} is not an adapter: "
                     f"expected a folder with {ADAPTER_CONFIG}"
                 )
-    return {b.name: _read_benchmark(b.dataset, config.artifact_root) for b in config.benchmarks}
+    return {b.name: _read_examples(b, config.artifact_root) for b in config.benchmarks}
 
 
-def _evaluate(config: EvaluateConfig, examples: dict[str, list[EvalExample]]) -> int:
+def _read_examples(benchmark: Benchmark, artifact_root: str) -> Examples:
+    if isinstance(benchmark, MultipleChoiceBenchmark):
+        from labtune.trainer.multiple_choice import read_choices
+
+        path = resolve_artifact(benchmark.dataset, artifact_root)
+        _check_exists(path)
+        return read_choices(path)
+    return _read_benchmark(benchmark.dataset, artifact_root)
+
+
+def _evaluate(config: EvaluateConfig, examples: dict[str, Examples]) -> int:
     from transformers.utils import logging as transformers_logging
 
     from labtune.trainer.evaluation import evaluate, termination_summaries

@@ -2,11 +2,12 @@
 
 Models over the same base (and chat template) share one loaded copy of it: their adapters are
 loaded onto it side by side and each is scored with only it active, the base itself with the
-adapters disabled. Nothing is written until every score is computed; a run started again (after
-SIGTERM, exit 75) scores again from the start.
+adapters disabled. The results and the summary are written once every score is computed; a run
+started again (after SIGTERM, exit 75) scores again from the start.
 
     <output>/results.jsonl   one line per benchmark, model and example (ExampleResult)
     <output>/summary.json    the summary (EvaluateSummary), as in the termination log but whole
+    <output>/lm-eval/        the lm-evaluation-harness task of each multiple-choice benchmark
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from labtune.api.tuning_job import EvalScores
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import fit
 from labtune.contract.evaluate import (
-    Benchmark,
     BenchmarkScores,
+    ChoiceExample,
     EvalExample,
     EvalModel,
     EvaluateConfig,
     EvaluateSummary,
     ExampleResult,
+    Examples,
     LeafScores,
+    MultipleChoiceBenchmark,
+    ReferenceBenchmark,
 )
 from labtune.contract.train import ModelSource
 from labtune.trainer.digests import file_sha256
@@ -43,6 +47,7 @@ from labtune.trainer.layout import write_text_atomic
 from labtune.trainer.masking import TokenizedSample, tokenize_sample
 from labtune.trainer.metrics import EvaluationMetrics
 from labtune.trainer.modeling import check_base_model, first_line, load_model, load_tokenizer
+from labtune.trainer.multiple_choice import score_choices
 from labtune.trainer.preemption import Preempted, StopRequest
 from labtune.trainer.records import Message, Sample
 from labtune.trainer.scoring import (
@@ -51,6 +56,7 @@ from labtune.trainer.scoring import (
     contains,
     exact_match,
     greedy_answers,
+    prepare_rouge,
     rouge_l,
 )
 
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
+LM_EVAL = "lm-eval"
 _DIGITS = 4  # decimals of the scores in the summary (results.jsonl has them unrounded)
 
 
@@ -79,7 +86,7 @@ def _groups(config: EvaluateConfig) -> list[_Group]:
     return list(groups.values())
 
 
-def messages(example: EvalExample, benchmark: Benchmark) -> list[Message]:
+def messages(example: EvalExample, benchmark: ReferenceBenchmark) -> list[Message]:
     """The question as the training data asks it (the shipped pipelines' sample templates): the
     optional system prompt, then the grounded skill's context, a blank line and the question."""
     system = [Message(role="system", content=benchmark.system_prompt)] if benchmark.system_prompt else []
@@ -97,7 +104,9 @@ class _Inputs:
     """The question up to the assistant's header, for generation."""
 
 
-def _inputs(benchmark: Benchmark, examples: list[EvalExample], tokenizer: PreTrainedTokenizerBase) -> _Inputs:
+def _inputs(
+    benchmark: ReferenceBenchmark, examples: list[EvalExample], tokenizer: PreTrainedTokenizerBase
+) -> _Inputs:
     samples, prompts = [], []
     for example in examples:
         asked = messages(example, benchmark)
@@ -159,7 +168,7 @@ def _active(model: Model, eval_model: EvalModel) -> Iterator[Model]:
 def _score(
     model: Model,
     tokenizer: PreTrainedTokenizerBase,
-    names: tuple[str, Benchmark],
+    names: tuple[str, ReferenceBenchmark],
     examples: list[EvalExample],
     inputs: _Inputs,
     batch_size: int,
@@ -196,6 +205,39 @@ def _score(
     return results
 
 
+def _score_choices(
+    model: Model,
+    tokenizer: PreTrainedTokenizerBase,
+    names: tuple[str, MultipleChoiceBenchmark],
+    examples: list[ChoiceExample],
+    config: EvaluateConfig,
+    progress: Callable[[int], None],
+) -> list[ExampleResult]:
+    """lm-eval's verdict on each question, for the model as it is active now."""
+    model_name, benchmark = names
+    score = score_choices(
+        model,
+        tokenizer,
+        resolve_artifact(benchmark.dataset, config.artifact_root),
+        resolve_artifact(config.output, config.artifact_root) / LM_EVAL,
+        name=benchmark.name.replace("-", "_"),
+        batch_size=config.micro_batch_size,
+    )
+    progress(len(examples))
+    return [
+        ExampleResult(
+            benchmark=benchmark.name,
+            model=model_name,
+            id=example.id,
+            leaf=example.leaf,
+            leaf_type=example.leaf_type,
+            correct=correct,
+            correct_norm=correct_norm,
+        )
+        for example, correct, correct_norm in zip(examples, score.correct, score.correct_norm, strict=True)
+    ]
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [value for value in values if value is not None]
     return round(fmean(present), _DIGITS) if present else None
@@ -212,12 +254,14 @@ def scores(results: list[ExampleResult]) -> EvalScores:
         exact_match=_mean([fraction(r.exact_match) for r in results]),
         contains=_mean([fraction(r.contains) for r in results]),
         rouge_l=_mean([r.rouge_l for r in results]),
+        accuracy=_mean([fraction(r.correct) for r in results]),
+        accuracy_norm=_mean([fraction(r.correct_norm) for r in results]),
     )
 
 
 def summarize(
     config: EvaluateConfig,
-    examples: dict[str, list[EvalExample]],
+    examples: dict[str, Examples],
     results: dict[tuple[str, str], list[ExampleResult]],
 ) -> tuple[list[BenchmarkScores], list[LeafScores]]:
     """Per benchmark, and per benchmark and leaf, each model's scores."""
@@ -255,20 +299,29 @@ def _log_scores(model: str, benchmark: str, found: list[ExampleResult], seconds:
         ("exact match", score.exact_match),
         ("contains", score.contains),
         ("ROUGE-L", score.rouge_l),
+        ("accuracy", score.accuracy),
+        ("normalised accuracy", score.accuracy_norm),
     ):
         if value is not None:
             parts.append(f"{label} {value:.4f}")
     log.info("model %s on %s: %s (%.1f s)", model, benchmark, ", ".join(parts), seconds)
 
 
-def evaluate(
-    config: EvaluateConfig, examples: dict[str, list[EvalExample]], stop: StopRequest
-) -> EvaluateSummary:
+def _passes(benchmark: ReferenceBenchmark | MultipleChoiceBenchmark) -> int:
+    """How many times each example is scored per model (metrics' progress)."""
+    if isinstance(benchmark, MultipleChoiceBenchmark):
+        return 1
+    return int(benchmark.likelihood) + int(benchmark.generation.enabled)
+
+
+def evaluate(config: EvaluateConfig, examples: dict[str, Examples], stop: StopRequest) -> EvaluateSummary:
     """Scores every model on every benchmark (examples: each benchmark's, read and checked),
     writes results.jsonl and summary.json, and returns the summary; raises ConfigError on bad
     input and Preempted when stopped by a stop request (between batches)."""
     started = time.monotonic()
-    passes = {b.name: int(b.likelihood) + int(b.generation.enabled) for b in config.benchmarks}
+    if any(isinstance(b, ReferenceBenchmark) and b.generation.enabled for b in config.benchmarks):
+        prepare_rouge()
+    passes = {b.name: _passes(b) for b in config.benchmarks}
     total = len(config.models) * sum(len(examples[name]) * count for name, count in passes.items())
     metrics = EvaluationMetrics(config.metrics_port, total)
 
@@ -287,14 +340,28 @@ def evaluate(
     return _write(config, examples, results, time.monotonic() - started)
 
 
+def _references(examples: Examples) -> list[EvalExample]:
+    """A reference benchmark's examples (the reader gives it nothing else)."""
+    return [example for example in examples if isinstance(example, EvalExample)]
+
+
+def _choices(examples: Examples) -> list[ChoiceExample]:
+    """A multiple-choice benchmark's examples (the reader gives it nothing else)."""
+    return [example for example in examples if isinstance(example, ChoiceExample)]
+
+
 def _score_group(
     config: EvaluateConfig,
     group: _Group,
-    examples: dict[str, list[EvalExample]],
+    examples: dict[str, Examples],
     progress: Callable[[int], None],
 ) -> dict[tuple[str, str], list[ExampleResult]]:
     tokenizer = load_tokenizer(group.base, group.source.chat_template)
-    inputs = {b.name: _inputs(b, examples[b.name], tokenizer) for b in config.benchmarks}
+    inputs = {
+        b.name: _inputs(b, _references(examples[b.name]), tokenizer)
+        for b in config.benchmarks
+        if isinstance(b, ReferenceBenchmark)
+    }
     names = ", ".join(m.name for m in group.models)
     log.info("loading base model %s for %s", group.source.uri, names)
     model = _load(config, group)
@@ -303,15 +370,25 @@ def _score_group(
         with _active(model, eval_model) as active:
             for benchmark in config.benchmarks:
                 began = time.monotonic()
-                found = _score(
-                    active,
-                    tokenizer,
-                    (eval_model.name, benchmark),
-                    examples[benchmark.name],
-                    inputs[benchmark.name],
-                    config.micro_batch_size,
-                    progress,
-                )
+                if isinstance(benchmark, MultipleChoiceBenchmark):
+                    found = _score_choices(
+                        active,
+                        tokenizer,
+                        (eval_model.name, benchmark),
+                        _choices(examples[benchmark.name]),
+                        config,
+                        progress,
+                    )
+                else:
+                    found = _score(
+                        active,
+                        tokenizer,
+                        (eval_model.name, benchmark),
+                        _references(examples[benchmark.name]),
+                        inputs[benchmark.name],
+                        config.micro_batch_size,
+                        progress,
+                    )
                 results[(eval_model.name, benchmark.name)] = found
                 _log_scores(eval_model.name, benchmark.name, found, time.monotonic() - began)
     return results
@@ -319,7 +396,7 @@ def _score_group(
 
 def _write(
     config: EvaluateConfig,
-    examples: dict[str, list[EvalExample]],
+    examples: dict[str, Examples],
     results: dict[tuple[str, str], list[ExampleResult]],
     seconds: float,
 ) -> EvaluateSummary:

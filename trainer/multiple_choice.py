@@ -19,7 +19,9 @@ from labtune.contract.common import validation_problems
 from labtune.contract.evaluate import ChoiceExample
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
+
+    from labtune.trainer.scoring import Model
 
 TASK_PREFIX = "labtune_mcq_"
 # The question, then each choice as its continuation (lm-eval puts a space before it), as ARC and
@@ -36,6 +38,10 @@ class MultipleChoiceScore(BaseModel):
     accuracy_norm: float
     per_leaf: dict[str, float]
     """Accuracy of each leaf's questions."""
+    correct: list[bool]
+    """Each question's verdict, in the dataset's order."""
+    correct_norm: list[bool]
+    """The same by length-normalised log-likelihood."""
 
 
 def read_choices(path: Path) -> list[ChoiceExample]:
@@ -87,7 +93,7 @@ def write_task(dataset: Path, folder: Path, name: str) -> Path:
 
 
 def score_choices(
-    model: PreTrainedModel,
+    model: Model,
     tokenizer: PreTrainedTokenizerBase,
     dataset: Path,
     folder: Path,
@@ -95,7 +101,8 @@ def score_choices(
     name: str,
     batch_size: int = 8,
 ) -> MultipleChoiceScore:
-    """lm-eval's accuracy of `model` on the dataset, with the task written to `folder`."""
+    """lm-eval's accuracy of `model` (an adapter over its base as it is active now) on the
+    dataset, with the task written to `folder`."""
     examples = read_choices(dataset)  # a bad line fails here, in words, not inside lm-eval
     task = f"{TASK_PREFIX}{name}"
     write_task(dataset, folder, task)
@@ -123,9 +130,11 @@ def score_choices(
 
 
 def _score(task: str, results: dict[str, Any], examples: list[ChoiceExample]) -> MultipleChoiceScore:
-    by_leaf: defaultdict[str, list[float]] = defaultdict(list)
-    for sample in results["samples"][task]:
-        by_leaf[examples[sample["doc_id"]].leaf].append(float(sample["acc"]))
+    by_doc = {sample["doc_id"]: sample for sample in results["samples"][task]}
+    correct = [bool(by_doc[index]["acc"]) for index in range(len(examples))]
+    by_leaf: defaultdict[str, list[bool]] = defaultdict(list)
+    for example, hit in zip(examples, correct, strict=True):
+        by_leaf[example.leaf].append(hit)
     metrics = results["results"][task]
     return MultipleChoiceScore(
         task=task,
@@ -133,4 +142,6 @@ def _score(task: str, results: dict[str, Any], examples: list[ChoiceExample]) ->
         accuracy=float(metrics["acc,none"]),
         accuracy_norm=float(metrics["acc_norm,none"]),
         per_leaf={leaf: sum(hits) / len(hits) for leaf, hits in sorted(by_leaf.items())},
+        correct=correct,
+        correct_norm=[bool(by_doc[index]["acc_norm"]) for index in range(len(examples))],
     )

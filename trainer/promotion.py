@@ -27,10 +27,10 @@ from labtune.api.tuning_job import (
 )
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.evaluate import (
-    EvalExample,
     EvalModel,
     EvaluateConfig,
     EvaluateSummary,
+    Examples,
     Generation,
     ReferenceBenchmark,
 )
@@ -133,7 +133,7 @@ def evaluate_config(config: TrainConfig, layout: Layout, checkpoints: list[Path]
     )
 
 
-def read_benchmarks(config: EvaluateConfig) -> dict[str, list[EvalExample]]:
+def read_benchmarks(config: EvaluateConfig) -> dict[str, Examples]:
     return {
         b.name: read_examples(resolve_artifact(b.dataset, config.artifact_root)) for b in config.benchmarks
     }

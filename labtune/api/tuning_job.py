@@ -371,6 +371,10 @@ class EvalScores(ApiModel):
     """Fraction of generated answers that contain the reference's words in order, contiguous."""
     rouge_l: float | None = None
     """Mean ROUGE-L F-measure of the generated answers against the references."""
+    accuracy: float | None = None
+    """Fraction of multiple-choice questions answered right (by lm-evaluation-harness)."""
+    accuracy_norm: float | None = None
+    """The same, each choice's log-likelihood divided by its length."""
 
     def get(self, metric: Metric) -> float | None:
         return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from labtune.api.tuning_job import EvalScores
 from labtune.contract.common import ContractModel, LeafType, PodConfig
@@ -76,8 +76,33 @@ class ReferenceBenchmark(ContractModel):
         return self
 
 
-Benchmark = ReferenceBenchmark
-"""Every kind of benchmark (a union on `type` once there are more)."""
+class MultipleChoiceBenchmark(ContractModel):
+    """Multiple-choice questions (ChoiceExample JSONL, MMLU-branch style), scored by
+    lm-evaluation-harness: a custom task written from the dataset, the HF backend on the model in
+    memory; `accuracy` and `accuracyNorm` (the choice's log-likelihood divided by its length)."""
+
+    type: Literal["multipleChoice"]
+    name: Name
+    dataset: str
+    """Artifact URI of the JSONL file."""
+
+
+def _benchmark_type(value: object) -> object:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+Benchmark = Annotated[
+    Annotated[ReferenceBenchmark, Tag("reference")]
+    | Annotated[MultipleChoiceBenchmark, Tag("multipleChoice")],
+    # pydantic's own words for a missing or unknown type name its internals ("Unable to extract tag
+    # using discriminator"); a callable discriminator takes a message of ours.
+    Discriminator(
+        _benchmark_type,
+        custom_error_type="benchmark_type",
+        custom_error_message="set type to reference or multipleChoice",
+    ),
+]
+"""Every kind of benchmark, told apart by `type`."""
 
 
 class EvaluateConfig(PodConfig):
@@ -122,6 +147,10 @@ class ExampleResult(ContractModel):
     exact_match: bool | None = None
     contains: bool | None = None
     rouge_l: float | None = None
+    correct: bool | None = None
+    """A multiple-choice question answered right (the likeliest choice is the answer)."""
+    correct_norm: bool | None = None
+    """The same with each choice's log-likelihood divided by its length in bytes."""
 
 
 class BenchmarkScores(ContractModel):
@@ -166,6 +195,8 @@ class ChoiceExample(ContractModel):
     id: str = Field(min_length=1)
     leaf: str
     """The leaf's qna.yaml, relative to the taxonomy root."""
+    leaf_type: LeafType = "knowledge"
+    """Multiple-choice questions are written from knowledge documents (MMLU-branch)."""
     question: str = Field(min_length=1)
     choices: list[str] = Field(min_length=2, max_length=10)
     answer: int = Field(ge=0)
@@ -178,3 +209,7 @@ class ChoiceExample(ContractModel):
                 f"answer {self.answer} is not the index of one of the {len(self.choices)} choices"
             )
         return self
+
+
+Examples = list[EvalExample] | list[ChoiceExample]
+"""A benchmark's examples, read and checked: reference questions or multiple-choice ones."""

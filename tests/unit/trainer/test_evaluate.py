@@ -21,6 +21,7 @@ from labtune.api.tuning_job import EvalScores
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, SUMMARY_LIMIT_BYTES, write_summary
 from labtune.contract.evaluate import (
     BenchmarkScores,
+    ChoiceExample,
     EvalExample,
     EvaluateSummary,
     ExampleResult,
@@ -32,6 +33,7 @@ from labtune.trainer.evaluation import messages, termination_summaries
 from labtune.trainer.launcher import STOP_FILE_ENV
 from labtune.trainer.masking import IGNORE_INDEX, tokenize_sample
 from labtune.trainer.metrics import EvaluationMetrics
+from labtune.trainer.multiple_choice import score_choices
 from labtune.trainer.records import Message, Sample
 from labtune.trainer.scoring import answer_likelihoods, contains, exact_match, greedy_answers, rouge_l
 
@@ -285,6 +287,62 @@ def test_a_base_and_an_adapter_over_it_are_scored_in_one_run(
     assert EvaluateSummary.model_validate_json((tmp_path / "termination-log").read_text()) == summary
 
 
+CHOICES = [
+    ("knowledge/geo/qna.yaml", "what is the capital of france?", ["paris", "the dog", "one two"], 0),
+    ("knowledge/geo/qna.yaml", "where are the tonsils?", ["in the throat", "over the fox"], 0),
+    ("knowledge/body/qna.yaml", "what jumps over the lazy dog?", ["five", "the quick brown fox"], 1),
+]
+
+
+def _choices(path: Path) -> Path:
+    lines = [
+        ChoiceExample(id=f"c{i}", leaf=leaf, question=q, choices=c, answer=a).model_dump_json(by_alias=True)
+        for i, (leaf, q, c, a) in enumerate(CHOICES)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_multiple_choice_is_scored_by_lm_eval_for_each_model_beside_the_reference_questions(
+    tmp_path: Path,
+    evaluate_config: Callable[..., Path],
+    dataset: Path,
+    tiny_model: Path,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    adapter: Path,
+) -> None:
+    choices = _choices(tmp_path / "choices.jsonl")
+    benchmarks = [
+        {"type": "reference", "name": "held-out", "dataset": str(dataset), "generation": {"enabled": False}},
+        {"type": "multipleChoice", "name": "mcq", "dataset": str(choices)},
+    ]
+    assert run_evaluation(evaluate_config(benchmarks=benchmarks)) == 0
+    results = [r for r in _results(tmp_path / "out") if r.benchmark == "mcq"]
+    assert [(r.model, r.id) for r in results] == [(m, f"c{i}") for m in ("base", "tuned") for i in range(3)]
+    # Each model's verdicts are lm-eval's on that model loaded alone.
+    alone = {
+        "base": _load(tiny_model),
+        "tuned": PeftModel.from_pretrained(_load(tiny_model), str(adapter)),
+    }
+    for name, model in alone.items():
+        expected = score_choices(model, tiny_tokenizer, choices, tmp_path / f"alone-{name}", name=name)
+        found = [r for r in results if r.model == name]
+        assert [r.correct for r in found] == expected.correct
+        assert [r.correct_norm for r in found] == expected.correct_norm
+        assert all(r.nll is None and r.leaf_type == "knowledge" for r in found)
+    summary = EvaluateSummary.model_validate_json((tmp_path / "termination-log").read_text())
+    by_name = {b.name: b for b in summary.benchmarks}
+    assert (by_name["mcq"].examples, by_name["mcq"].leaves) == (3, 2)
+    for name in alone:
+        scores = by_name["mcq"].models[name]
+        hits = [r.correct for r in results if r.model == name]
+        assert scores.accuracy == pytest.approx(sum(map(bool, hits)) / 3, abs=1e-4)
+        assert scores.nll is None
+        assert by_name["held-out"].models[name].accuracy is None
+    task = tmp_path / "out" / "lm-eval" / "labtune_mcq_mcq.yaml"
+    assert yaml.safe_load(task.read_text())["dataset_kwargs"]["data_files"]["test"] == str(choices)
+
+
 def test_likelihood_only_leaves_out_the_generation_scores(
     tmp_path: Path, evaluate_config: Callable[..., Path], dataset: Path
 ) -> None:
@@ -382,6 +440,7 @@ def _lines(path: Path, *lines: str) -> dict[str, Any]:
     return {"type": "reference", "name": "held-out", "dataset": str(path)}
 
 
+ONE_CHOICE = '{"id": "a", "leaf": "l", "question": "q", "choices": ["x"]}'
 K1 = json.dumps(
     {"id": "a", "leaf": "knowledge/x/qna.yaml", "leafType": "knowledge", "question": "q?", "answer": "a."}
 )
@@ -434,6 +493,17 @@ K1 = json.dumps(
             lambda tmp: {"benchmarks": [_lines(tmp / "e.jsonl", K1, "", K1)]},
             "dataset {tmp}/e.jsonl line 3: id 'a' repeats line 1",
         ),
+        (
+            lambda tmp: {
+                "benchmarks": [{"type": "multipleChoice", "name": "m", "dataset": f"{tmp}/no.jsonl"}]
+            },
+            "dataset {tmp}/no.jsonl: No such file or directory",
+        ),
+        (
+            lambda tmp: {"benchmarks": [_lines(tmp / "c.jsonl", ONE_CHOICE) | {"type": "multipleChoice"}]},
+            "{tmp}/c.jsonl:1: not a multiple-choice example: choices: List should have at least 2 "
+            "items after validation, not 1; answer: Field required",
+        ),
         (lambda tmp: {"output": f"{tmp}/file"}, "output {tmp}/file is a file, not a folder"),
         (
             lambda tmp: {"terminationLog": str(tmp)},
@@ -452,6 +522,8 @@ K1 = json.dumps(
         "an empty answer",
         "a wrong leaf type",
         "an id twice",
+        "no multiple-choice dataset",
+        "a multiple-choice question with one choice and no answer",
         "output is a file",
         "termination log a folder",
     ],
@@ -474,11 +546,11 @@ def test_bad_input_is_one_line_before_torch_is_imported(
     [
         (
             lambda c: {"benchmarks": [c["benchmarks"][0] | {"type": None}]},
-            "benchmarks.0.type: Input should be 'reference'",
+            "benchmarks.0: set type to reference or multipleChoice",
         ),
         (
             lambda c: {"benchmarks": [{k: v for k, v in c["benchmarks"][0].items() if k != "type"}]},
-            "benchmarks.0.type: Field required",
+            "benchmarks.0: set type to reference or multipleChoice",
         ),
         (
             lambda c: {"models": [c["models"][0], c["models"][0]]},
@@ -488,7 +560,8 @@ def test_bad_input_is_one_line_before_torch_is_imported(
             lambda c: {
                 "benchmarks": [c["benchmarks"][0] | {"likelihood": False, "generation": {"enabled": False}}]
             },
-            "benchmarks.0: Value error, benchmark held-out scores nothing: enable likelihood or generation",
+            "benchmarks.0.reference: Value error, benchmark held-out scores nothing: enable likelihood or "
+            "generation",
         ),
         (
             lambda c: {"models": [c["models"][0] | {"name": "Base"}]},
