@@ -56,7 +56,6 @@ from labtune.trainer.scoring import (
     contains,
     exact_match,
     greedy_answers,
-    prepare_rouge,
     rouge_l,
 )
 
@@ -319,8 +318,6 @@ def evaluate(config: EvaluateConfig, examples: dict[str, Examples], stop: StopRe
     writes results.jsonl and summary.json, and returns the summary; raises ConfigError on bad
     input and Preempted when stopped by a stop request (between batches)."""
     started = time.monotonic()
-    if any(isinstance(b, ReferenceBenchmark) and b.generation.enabled for b in config.benchmarks):
-        prepare_rouge()
     passes = {b.name: _passes(b) for b in config.benchmarks}
     total = len(config.models) * sum(len(examples[name]) * count for name, count in passes.items())
     metrics = EvaluationMetrics(config.metrics_port, total)

@@ -14,7 +14,6 @@ so case, punctuation and spacing do not count; ROUGE-L is Google's `rouge-score`
 from __future__ import annotations
 
 import re
-import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,13 +77,6 @@ def _rouge_scorer() -> Any:
     from rouge_score.rouge_scorer import RougeScorer  # type: ignore[import-untyped]
 
     return RougeScorer(["rougeL"], tokenizer=_Words())
-
-
-def prepare_rouge() -> None:
-    """Imports rouge-score in the background: 2.9 s here (nltk), a seventh of scoring two models on
-    the demo's five questions, spent while the model loads and the likelihoods run (torch
-    releases the GIL). The first `rouge_l` waits for the import if it is not done."""
-    threading.Thread(target=_rouge_scorer, name="import-rouge-score", daemon=True).start()
 
 
 def rouge_l(answer: str, reference: str) -> float:
