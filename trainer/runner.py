@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase, set_seed
@@ -80,8 +81,20 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
     )
     if processes.rank() == 0:
         write_text_atomic(layout.summary, summary.model_dump_json(by_alias=True, exclude_none=True, indent=2))
-    processes.barrier()
+    else:
+        await_summary(layout, stop)
     return TrainSummary.model_validate_json(layout.summary.read_text())
+
+
+def await_summary(layout: Layout, stop: StopRequest, poll_s: float = 1.0) -> None:
+    """The other processes wait for the first one's summary on the shared output folder rather
+    than at a collective barrier: the first process evaluates and exports alone for as long as
+    that takes, where a barrier fails after the process group's timeout (30 minutes). When the
+    first process fails, torchrun stops this one; when the pod is stopped, it exits preempted."""
+    while not layout.summary.exists():
+        if stop.requested:
+            raise Preempted("stopped while the first process evaluates and exports")
+        time.sleep(poll_s)
 
 
 def _recorded(config: TrainConfig) -> str:

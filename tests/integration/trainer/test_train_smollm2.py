@@ -172,9 +172,28 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_resumes_to_the_uninterrupted_r
 def test_two_processes_on_cpu_stop_on_sigterm_resume_and_train_the_same_adapter_shape(
     tmp_path: Path, train_config: Callable[..., Path], reference_run: Run
 ) -> None:
-    """`labtune train` starts torchrun (gloo); SIGTERM to it stops both workers at the same step."""
+    """`labtune train` starts torchrun (gloo); SIGTERM to it stops both workers at the same step;
+    after training the first process scores the benchmark while the second waits for its summary."""
     phase = {"name": "skills", "dataset": "skills", "maxSeqLen": 128, "effectiveBatchSize": 4}
-    config = train_config(tmp_path, distributed={"procsPerNode": 2}, phases=[phase], mergeAdapter=False)
+    questions = tmp_path / "evaluation.jsonl"
+    question = {"leaf": "compositional_skills/capitals/qna.yaml", "leafType": "freeform_skill"}
+    questions.write_text(
+        "".join(
+            json.dumps(
+                question | {"id": w, "question": f"Write the word {w} in capitals.", "answer": w.upper()}
+            )
+            + "\n"
+            for w in ("quartz", "willow")
+        )
+    )
+    benchmark = {"name": "held-out", "dataset": str(questions), "generation": False}
+    config = train_config(
+        tmp_path,
+        distributed={"procsPerNode": 2},
+        phases=[phase],
+        mergeAdapter=False,
+        evaluation={"heldOutFraction": 0.2, "benchmarks": [benchmark]},
+    )
     process = labtune_train(config, stderr=subprocess.PIPE)
     assert _first_step(process, "skills") == 1
     process.send_signal(signal.SIGTERM)
@@ -189,6 +208,8 @@ def test_two_processes_on_cpu_stop_on_sigterm_resume_and_train_the_same_adapter_
     assert labtune_train(config).wait(timeout=900) == 0
     summary = Run(tmp_path, 0).summary
     assert summary.phases[0].steps == 4  # 13 samples, 4 a step: 2 in each of 2 processes
+    assert summary.evaluation is not None
+    assert summary.evaluation.benchmarks[0].examples == 2
     ddp = load_file(tmp_path / "out" / "adapter" / ADAPTER)
     single = load_file(reference_run.out / "adapter" / ADAPTER)
     assert {k: v.shape for k, v in ddp.items()} == {k: v.shape for k, v in single.items()}

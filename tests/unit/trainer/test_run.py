@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
 from labtune.contract.train import TrainSummary
 from labtune.trainer.cli import run
 from labtune.trainer.digests import SUMS
-from labtune.trainer.layout import COMPLETE
-from labtune.trainer.preemption import StopRequest
+from labtune.trainer.launcher import STOP_FILE_ENV
+from labtune.trainer.layout import COMPLETE, Layout, write_text_atomic
+from labtune.trainer.preemption import Preempted, StopRequest
+from labtune.trainer.runner import await_summary
 
 ADAPTER = "adapter_model.safetensors"
 
@@ -170,3 +173,27 @@ def test_a_full_fine_tune_outputs_the_model(
     assert {"model.safetensors", "config.json", "tokenizer.json", SUMS} <= files
     assert not files & {"optimizer.pt", "trainer_state.json", COMPLETE}
     assert json.loads((tmp_path / "out" / "model" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_the_other_processes_wait_for_the_first_ones_summary_without_a_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 0 evaluates and exports alone; a collective barrier there failed after 30 minutes.
+    layout = Layout(tmp_path, str(tmp_path))
+    polls: list[None] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(None)
+        if len(polls) == 3:  # the first process finishes while this one waits
+            write_text_atomic(layout.summary, "{}")
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    await_summary(layout, StopRequest(), poll_s=0.0)
+    assert len(polls) == 3
+
+    stop_file = tmp_path / "stop"
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop_file))
+    layout.summary.unlink()
+    stop_file.touch()  # the pod is stopped meanwhile: this process exits as preempted
+    with pytest.raises(Preempted, match="evaluates and exports"):
+        await_summary(layout, StopRequest(), poll_s=0.0)
