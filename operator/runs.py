@@ -14,8 +14,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from labtune.api.resource import Resource
+from labtune.contract.common import validation_problems
 from labtune.operator import conditions as cond
 from labtune.operator.conditions import RunOutcome
 from labtune.operator.kube import Kube
@@ -249,8 +251,10 @@ def reconcile_run(
             restarts = status["restarts"]
             end = kind.finished(termination_message(pods, "Succeeded") or "")
         except ValueError as error:
+            # One line, as every condition message: pydantic's own text spans several.
+            invalid = validation_problems(error) if isinstance(error, ValidationError) else str(error)
             outcome = RunOutcome(
-                "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {error}"
+                "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {invalid}"
             )
         else:
             status.update(end.status)

@@ -284,12 +284,29 @@ def test_the_gate_decides_whether_the_run_has_an_output(
         assert warnings[0].type == "Warning"
 
 
-def test_success_without_a_summary_is_a_failure(cluster: Cluster, kubelet: Kubelet) -> None:
-    cluster.create(tuning_job("nosummary"))
-    cluster.job("nosummary-train")
-    kubelet.finish("nosummary-train", 0, "")
-    status = cluster.status_when("tuningjobs", "nosummary", lambda s: s.get("state") == "Failed", "failure")
-    assert condition(status, "Failed")["reason"] == "InvalidSummary"
+@pytest.mark.parametrize(
+    ("name", "message", "says"),
+    [
+        ("nosummary", "", "Invalid JSON: EOF while parsing a value at line 1 column 0"),
+        (
+            "badsummary",
+            json.dumps({"output": {"adapter": 3}}),
+            "output.adapter: Input should be a valid string",
+        ),
+    ],
+)
+def test_success_without_a_valid_summary_is_a_failure_in_one_line(
+    cluster: Cluster, kubelet: Kubelet, name: str, message: str, says: str
+) -> None:
+    cluster.create(tuning_job(name))
+    cluster.job(f"{name}-train")
+    kubelet.finish(f"{name}-train", 0, message)
+    status = cluster.status_when("tuningjobs", name, lambda s: s.get("state") == "Failed", "failure")
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidSummary"
+    assert failed["message"].startswith("the pod succeeded without a valid summary: ")
+    assert says in failed["message"]
+    assert "\n" not in failed["message"]
     assert "output" not in status
 
 
