@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from generator_testdata import generator_testdata
 
 from labtune.contract.evaluate import ChoiceExample
 from labtune.contract.train import TrainSummary
@@ -49,19 +49,6 @@ DEMO_JOB = ROOT / "examples/demo/manifests/tuningjob.yaml"
 DEMO_RUN = ROOT / "examples/demo/manifests/syntheticdatarun.yaml"
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "quil", "an", "sef", "dru", "bel", "os", "nim", "par"]
 SYLLABLES += ["ith", "ul", "gar", "zen"]
-
-
-def _unit_conftest() -> Any:
-    """The sample (demo) taxonomy as real git repositories, from the generator tests."""
-    spec = importlib.util.spec_from_file_location(
-        "generator_testdata", ROOT / "tests/unit/generator/conftest.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_config(
@@ -121,7 +108,7 @@ def report_scores(name: str, summary: TrainSummary, seconds: float) -> dict[str,
 
 
 def demo(work: Path, model: Path, rounds: int) -> dict[str, Any]:
-    testdata = _unit_conftest()
+    testdata = generator_testdata()
     from labtune.generator.metrics import GeneratorMetrics
     from labtune.generator.teacher_transformers import TransformersTeacher
 
@@ -155,6 +142,11 @@ def demo(work: Path, model: Path, rounds: int) -> dict[str, Any]:
     return figures | {"job": added_to_the_job(work, model, datasets, job["phases"], evaluation, rounds)}
 
 
+def median_ratio(ratios: list[float]) -> tuple[float, str]:
+    """The median of the pairs' ratios, and every ratio for the report."""
+    return statistics.median(ratios), " ".join(f"{r:.2f}" for r in ratios)
+
+
 def pod_run(folder: Path) -> float:
     """`labtune train --config` as the trainer pod runs it (a fresh process): its wall time."""
     started = time.monotonic()
@@ -186,8 +178,7 @@ def added_to_the_job(
         added.append(times["with"] - times["without"])
         plain.append(times["without"])
         ratios.append(added[-1] / times["without"])
-    ratio = statistics.median(ratios)
-    each = " ".join(f"{r:.2f}" for r in ratios)
+    ratio, each = median_ratio(ratios)
     print(
         f"demo job: labtune train without evaluation {statistics.median(plain):.1f} s, evaluation adds "
         f"{statistics.median(added):.1f} s = {ratio:.0%} ({each})"
@@ -315,8 +306,7 @@ def lm_eval_ratio(work: Path, model_path: Path, count: int, rounds: int) -> dict
         labtune_rates.append(ours)
         direct_rates.append(theirs)
         ratios.append(ours / theirs)
-    ratio = statistics.median(ratios)
-    each = " ".join(f"{r:.2f}" for r in ratios)
+    ratio, each = median_ratio(ratios)
     print(
         f"lm-eval ({count} questions, 4 choices): labtune {statistics.median(labtune_rates):.1f}/s, "
         f"direct {statistics.median(direct_rates):.1f}/s, ratio {ratio:.2f} ({each})"

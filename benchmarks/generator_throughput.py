@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from generator_testdata import generator_testdata
 
 from labtune.contract.generate import TeacherConfig
 from labtune.generator.engine import Engine
@@ -41,7 +40,6 @@ from labtune.generator.teacher_transformers import TransformersTeacher
 from labtune_dev.llama import llama_server
 from labtune_dev.models import smollm2_gguf
 
-ROOT = Path(__file__).resolve().parents[1]
 TOPICS = [
     "the sea",
     "rain",
@@ -199,14 +197,7 @@ def run_async(factory: Callable[[], Awaitable[int]]) -> Callable[[], int]:
 
 
 def demo_samples_per_minute(teacher: TransformersTeacher, samples_per_seed: int) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location(
-        "generator_testdata", ROOT / "tests/unit/generator/conftest.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = generator_testdata()
     with tempfile.TemporaryDirectory() as folder:
         sample = module.make_sample_taxonomy(Path(folder) / "repos")
         config = module.generate_config(

@@ -126,3 +126,32 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+CHOICE_QUESTIONS = [
+    ("knowledge/geo/qna.yaml", "what is the capital of france?", ["paris", "the dog", "one two"], 0),
+    ("knowledge/geo/qna.yaml", "where are the tonsils?", ["in the throat", "over the fox"], 0),
+    ("knowledge/geo/qna.yaml", "what jumps over the lazy dog?", ["five", "the quick brown fox", "hello"], 1),
+    ("compositional_skills/count/qna.yaml", "one two three", ["four", "world", "paris is"], 0),
+    ("compositional_skills/count/qna.yaml", "say hello", ["world", "throat"], 0),
+]
+"""(leaf, question, choices, answer) of the multiple-choice tests, in the tiny model's words."""
+
+
+@pytest.fixture
+def choice_questions() -> list[tuple[str, str, list[str], int]]:
+    return CHOICE_QUESTIONS
+
+
+@pytest.fixture
+def choices_dataset(tmp_path: Path) -> Path:
+    """CHOICE_QUESTIONS as ChoiceExample lines, ids q0, q1, …"""
+    from labtune.contract.evaluate import ChoiceExample
+
+    lines = [
+        ChoiceExample(id=f"q{i}", leaf=leaf, question=q, choices=c, answer=a).model_dump_json(by_alias=True)
+        for i, (leaf, q, c, a) in enumerate(CHOICE_QUESTIONS)
+    ]
+    path = tmp_path / "choices.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -21,7 +21,6 @@ from labtune.api.tuning_job import EvalScores
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, SUMMARY_LIMIT_BYTES, write_summary
 from labtune.contract.evaluate import (
     BenchmarkScores,
-    ChoiceExample,
     EvalExample,
     EvaluateSummary,
     ExampleResult,
@@ -287,22 +286,6 @@ def test_a_base_and_an_adapter_over_it_are_scored_in_one_run(
     assert EvaluateSummary.model_validate_json((tmp_path / "termination-log").read_text()) == summary
 
 
-CHOICES = [
-    ("knowledge/geo/qna.yaml", "what is the capital of france?", ["paris", "the dog", "one two"], 0),
-    ("knowledge/geo/qna.yaml", "where are the tonsils?", ["in the throat", "over the fox"], 0),
-    ("knowledge/body/qna.yaml", "what jumps over the lazy dog?", ["five", "the quick brown fox"], 1),
-]
-
-
-def _choices(path: Path) -> Path:
-    lines = [
-        ChoiceExample(id=f"c{i}", leaf=leaf, question=q, choices=c, answer=a).model_dump_json(by_alias=True)
-        for i, (leaf, q, c, a) in enumerate(CHOICES)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def test_multiple_choice_is_scored_by_lm_eval_for_each_model_beside_the_reference_questions(
     tmp_path: Path,
     evaluate_config: Callable[..., Path],
@@ -310,15 +293,16 @@ def test_multiple_choice_is_scored_by_lm_eval_for_each_model_beside_the_referenc
     tiny_model: Path,
     tiny_tokenizer: PreTrainedTokenizerFast,
     adapter: Path,
+    choices_dataset: Path,
 ) -> None:
-    choices = _choices(tmp_path / "choices.jsonl")
+    choices = choices_dataset
     benchmarks = [
         {"type": "reference", "name": "held-out", "dataset": str(dataset), "generation": {"enabled": False}},
         {"type": "multipleChoice", "name": "mcq", "dataset": str(choices)},
     ]
     assert run_evaluation(evaluate_config(benchmarks=benchmarks)) == 0
     results = [r for r in _results(tmp_path / "out") if r.benchmark == "mcq"]
-    assert [(r.model, r.id) for r in results] == [(m, f"c{i}") for m in ("base", "tuned") for i in range(3)]
+    assert [(r.model, r.id) for r in results] == [(m, f"q{i}") for m in ("base", "tuned") for i in range(5)]
     # Each model's verdicts are lm-eval's on that model loaded alone.
     alone = {
         "base": _load(tiny_model),
@@ -329,14 +313,14 @@ def test_multiple_choice_is_scored_by_lm_eval_for_each_model_beside_the_referenc
         found = [r for r in results if r.model == name]
         assert [r.correct for r in found] == expected.correct
         assert [r.correct_norm for r in found] == expected.correct_norm
-        assert all(r.nll is None and r.leaf_type == "knowledge" for r in found)
+        assert all(r.nll is None for r in found)
     summary = EvaluateSummary.model_validate_json((tmp_path / "termination-log").read_text())
     by_name = {b.name: b for b in summary.benchmarks}
-    assert (by_name["mcq"].examples, by_name["mcq"].leaves) == (3, 2)
+    assert (by_name["mcq"].examples, by_name["mcq"].leaves) == (5, 2)
     for name in alone:
         scores = by_name["mcq"].models[name]
         hits = [r.correct for r in results if r.model == name]
-        assert scores.accuracy == pytest.approx(sum(map(bool, hits)) / 3, abs=1e-4)
+        assert scores.accuracy == pytest.approx(sum(map(bool, hits)) / 5, abs=1e-4)
         assert scores.nll is None
         assert by_name["held-out"].models[name].accuracy is None
     task = tmp_path / "out" / "lm-eval" / "labtune_mcq_mcq.yaml"

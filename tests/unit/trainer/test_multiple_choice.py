@@ -13,25 +13,7 @@ import yaml
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from labtune.contract import ConfigError
-from labtune.contract.evaluate import ChoiceExample
 from labtune.trainer.multiple_choice import read_choices, score_choices, task_config
-
-QUESTIONS = [
-    ("knowledge/geo/qna.yaml", "what is the capital of france?", ["paris", "the dog", "one two"], 0),
-    ("knowledge/geo/qna.yaml", "where are the tonsils?", ["in the throat", "over the fox"], 0),
-    ("knowledge/geo/qna.yaml", "what jumps over the lazy dog?", ["five", "the quick brown fox", "hello"], 1),
-    ("compositional_skills/count/qna.yaml", "one two three", ["four", "world", "paris is"], 0),
-    ("compositional_skills/count/qna.yaml", "say hello", ["world", "throat"], 0),
-]
-
-
-def _dataset(path: Path) -> Path:
-    lines = [
-        ChoiceExample(id=f"q{i}", leaf=leaf, question=q, choices=c, answer=a).model_dump_json(by_alias=True)
-        for i, (leaf, q, c, a) in enumerate(QUESTIONS)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _loglikelihood(
@@ -53,29 +35,33 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, make_model: Callable[..., Pat
     return make_model(tmp_path_factory.mktemp("tiny"))
 
 
-def test_accuracy_is_lm_evals_and_matches_the_log_likelihoods(tiny: Path, tmp_path: Path) -> None:
+def test_accuracy_is_lm_evals_and_matches_the_log_likelihoods(
+    tiny: Path, tmp_path: Path, choices_dataset: Path, choice_questions: list[tuple[str, str, list[str], int]]
+) -> None:
     model = LlamaForCausalLM.from_pretrained(tiny).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    dataset = _dataset(tmp_path / "choices.jsonl")
+    dataset = choices_dataset
     score = score_choices(model, tokenizer, dataset, tmp_path / "tasks", name="unit")
 
     hits: dict[str, list[bool]] = {}
-    for leaf, question, choices, answer in QUESTIONS:
+    for leaf, question, choices, answer in choice_questions:
         context = f"Question: {question}\nAnswer:"
         scores = [_loglikelihood(model, tokenizer, context, f" {choice}") for choice in choices]
         hits.setdefault(leaf, []).append(max(range(len(choices)), key=scores.__getitem__) == answer)
-    expected = sum(sum(h) for h in hits.values()) / len(QUESTIONS)
-    assert score.examples == len(QUESTIONS)
+    expected = sum(sum(h) for h in hits.values()) / len(choice_questions)
+    assert score.examples == len(choice_questions)
     assert score.accuracy == pytest.approx(expected)
     assert score.per_leaf == pytest.approx({leaf: sum(h) / len(h) for leaf, h in hits.items()})
     assert 0.0 <= score.accuracy_norm <= 1.0
 
 
-def test_the_task_yaml_runs_with_lm_eval_directly(tmp_path: Path) -> None:
+def test_the_task_yaml_runs_with_lm_eval_directly(
+    tmp_path: Path, choices_dataset: Path, choice_questions: list[tuple[str, str, list[str], int]]
+) -> None:
     """The written task is a plain lm-eval task: `lm_eval --include_path` loads it as it is."""
     from lm_eval.tasks import TaskManager
 
-    dataset = _dataset(tmp_path / "choices.jsonl")
+    dataset = choices_dataset
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks/labtune_mcq_direct.yaml").write_text(
         yaml.safe_dump(task_config("labtune_mcq_direct", dataset))
@@ -84,8 +70,8 @@ def test_the_task_yaml_runs_with_lm_eval_directly(tmp_path: Path) -> None:
     assert "labtune_mcq_direct" in manager.all_tasks
     task = manager.load(["labtune_mcq_direct"])["tasks"]["labtune_mcq_direct"]
     docs = list(task.test_docs())
-    assert [d["id"] for d in docs] == [f"q{i}" for i in range(len(QUESTIONS))]
-    assert task.doc_to_choice(docs[2]) == QUESTIONS[2][2]
+    assert [d["id"] for d in docs] == [f"q{i}" for i in range(len(choice_questions))]
+    assert task.doc_to_choice(docs[2]) == choice_questions[2][2]
     assert task.doc_to_target(docs[2]) == 1
 
 
