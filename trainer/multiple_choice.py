@@ -50,16 +50,21 @@ def read_choices(path: Path) -> list[ChoiceExample]:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read multiple-choice dataset {path}: {error}") from None
-    examples = []
+    examples: list[ChoiceExample] = []
+    first: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            examples.append(ChoiceExample.model_validate_json(line))
+            example = ChoiceExample.model_validate_json(line)
         except ValidationError as error:
             raise ConfigError(
                 f"{path}:{number}: not a multiple-choice example: {validation_problems(error)}"
             ) from None
+        # The results name examples by id.
+        if (seen := first.setdefault(example.id, number)) != number:
+            raise ConfigError(f"{path}:{number}: id {example.id!r} repeats line {seen}")
+        examples.append(example)
     if not examples:
         raise ConfigError(f"multiple-choice dataset {path} holds no example")
     return examples

@@ -82,6 +82,10 @@ def test_the_task_yaml_runs_with_lm_eval_directly(
         ('{"id": "a", "leaf": "l", "question": "q", "choices": ["x", "y"], "answer": 2}', "not the index"),
         ('{"id": "a", "leaf": "l", "question": "", "choices": ["x", "y"], "answer": 0}', "question"),
         ("not json", "not a multiple-choice example"),
+        (
+            '{"id": "g", "leaf": "l", "question": "q", "choices": ["x", "y"], "answer": 0}',
+            "id 'g' repeats line 1",
+        ),
     ],
 )
 def test_a_bad_line_is_named_with_its_file_and_line(tmp_path: Path, line: str, words: str) -> None:
