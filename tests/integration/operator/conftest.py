@@ -10,6 +10,8 @@ real node.
 from __future__ import annotations
 
 import base64
+import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,7 +112,23 @@ def gpu_node(api_client: client.ApiClient) -> Iterator[str]:
     core.patch_node_status(
         name, {"status": {"capacity": capacity, "allocatable": capacity, "conditions": [ready]}}
     )
+    # The node lifecycle controller marks a node that stops heartbeating unreachable after 50 s and
+    # taints it NoSchedule: later tests in the session then saw the trainer pod never scheduled.
+    stopped = threading.Event()
+
+    def heartbeat() -> None:
+        while not stopped.wait(10.0):
+            beat = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            with contextlib.suppress(ApiException):
+                core.patch_node_status(
+                    name, {"status": {"conditions": [ready | {"lastHeartbeatTime": beat}]}}
+                )
+
+    thread = threading.Thread(target=heartbeat, name="gpu-node-heartbeat", daemon=True)
+    thread.start()
     yield name
+    stopped.set()
+    thread.join()
     core.delete_node(name)
 
 
