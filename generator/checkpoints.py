@@ -8,13 +8,17 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel
 
 from labtune.contract.common import LeafType
 from labtune.generator.engine import Row, StageCount
-from labtune.generator.records import Record, record_id, write_jsonl
+from labtune.generator.records import record_id, write_jsonl
+
+SampleT = TypeVar("SampleT", bound=BaseModel)
 
 
 class LeafResult(BaseModel):
@@ -68,9 +72,10 @@ class LeafCheckpoint:
             return None
         return LeafResult.model_validate_json(self._result_file.read_text())
 
-    def samples(self) -> list[Record]:
+    def samples(self, model: type[SampleT]) -> list[SampleT]:
+        """The finished leaf's output: training records or multiple-choice questions."""
         lines = self._samples_file.read_text(encoding="utf-8").splitlines()
-        return [Record.model_validate_json(line) for line in lines if line]
+        return [model.model_validate_json(line) for line in lines if line]
 
     def resume(self) -> tuple[list[StageCount], list[Row]] | None:
         """Counts of the finished stages and the rows after the last one; None at the start."""
@@ -88,7 +93,7 @@ class LeafCheckpoint:
         self._progress.stages.append(count)
         _write_atomic(self._progress_file, self._progress.model_dump_json())
 
-    def finish(self, result: LeafResult, samples: list[Record]) -> None:
+    def finish(self, result: LeafResult, samples: Sequence[BaseModel]) -> None:
         write_jsonl(self._samples_file, samples)
         _write_atomic(self._result_file, result.model_dump_json())
 

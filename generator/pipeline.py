@@ -14,7 +14,7 @@ from labtune.contract import ConfigError
 from labtune.contract.common import LeafType, read_yaml, validation_problems
 from labtune.generator.parsers import Parser, ScoreParser
 
-BUILTIN = ("simple", "full")
+BUILTIN = ("simple", "full", "multiple-choice")
 
 
 class _Model(BaseModel):
@@ -97,9 +97,36 @@ class SampleTemplate(_Model):
     assistant: str
 
 
+class ChoiceTemplate(_Model):
+    """How a surviving row becomes a multiple-choice question (a multiple-choice pipeline's
+    output): Jinja2 templates for the question and each choice, and for the right answer, which
+    must render to a letter (A, B, …), a number from 1, or the text of one of the choices."""
+
+    question: str
+    choices: list[str] = Field(min_length=2, max_length=10)
+    answer: str
+
+
+Output = Literal["sample", "choice"]
+"""What a flow's rows become: training samples, or multiple-choice questions."""
+
+
 class Flow(_Model):
     blocks: list[Block] = Field(min_length=1)
-    sample: SampleTemplate
+    sample: SampleTemplate | None = None
+    choice: ChoiceTemplate | None = None
+
+    @model_validator(mode="after")
+    def _one_output(self) -> Flow:
+        if (self.sample is None) == (self.choice is None):
+            raise ValueError(
+                "set exactly one of sample (training samples) or choice (multiple-choice questions)"
+            )
+        return self
+
+    @property
+    def output(self) -> Output:
+        return "sample" if self.sample is not None else "choice"
 
 
 class Pipeline(_Model):
@@ -109,10 +136,18 @@ class Pipeline(_Model):
     """System prompt of every teacher request."""
     flows: dict[LeafType, Flow] = Field(min_length=1)
 
-    def flow(self, leaf_type: LeafType) -> Flow:
+    def flow(self, leaf_type: LeafType, output: Output = "sample") -> Flow:
+        """The flow for a leaf type; a ConfigError when there is none or it writes the other output."""
         if leaf_type not in self.flows:
             raise ConfigError(f"pipeline {self.name!r} has no flow for {leaf_type} leaves")
-        return self.flows[leaf_type]
+        flow = self.flows[leaf_type]
+        if flow.output != output:
+            wrote = {"sample": "training samples", "choice": "multiple-choice questions"}
+            raise ConfigError(
+                f"pipeline {self.name!r}: its {leaf_type} flow writes {wrote[flow.output]}, "
+                f"where {wrote[output]} are needed (set `{output}:` in the flow)"
+            )
+        return flow
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()

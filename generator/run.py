@@ -10,32 +10,44 @@ import json
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs, LeafFailure
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import LeafType, fit, output_path
-from labtune.contract.evaluate import EvalExample
-from labtune.contract.generate import GenerateConfig, GenerateSummary, LeafSummary, TeacherConfig
+from labtune.contract.evaluate import ChoiceExample, EvalExample
+from labtune.contract.generate import (
+    GenerateConfig,
+    GenerateSummary,
+    LeafSummary,
+    PipelineRef,
+    TeacherConfig,
+)
 from labtune.generator import gitrepo, holdout, pipeline
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
+from labtune.generator.choices import to_choices
 from labtune.generator.chunking import TokenCounter, approximate_tokens
 from labtune.generator.documents import Document, DocumentSource, fetch
-from labtune.generator.engine import Engine, Row, to_messages
+from labtune.generator.engine import Engine, Row, StageCount, to_messages
 from labtune.generator.metrics import GeneratorMetrics
 from labtune.generator.mixing import mix
-from labtune.generator.pipeline import GenerateBlock, Pipeline
+from labtune.generator.pipeline import Flow, GenerateBlock, Pipeline
 from labtune.generator.records import Record, SampleMetadata, read_replay, record_id, write_jsonl
-from labtune.generator.seeds import rows_for
+from labtune.generator.seeds import KnowledgeQna, chunk_rows, rows_for
 from labtune.generator.taxonomy import EMPTY_BASE, scan
 from labtune.generator.teacher import Teacher
 
 log = logging.getLogger(__name__)
+
+
+CHOICE_STAGES = "multipleChoice"
+"""The prefix of the multiple-choice pipeline's stages in the summary's stage counts."""
 
 
 class GenerationError(Exception):
@@ -60,6 +72,10 @@ class Report(BaseModel):
     failures: list[LeafFailure]
     held_out: list[holdout.HeldOutLeaf]
     """The seed examples held back from the teacher, per leaf (empty when none were)."""
+    choices: list[LeafResult] = []
+    """The multiple-choice pipeline's stages per knowledge leaf (evaluation.multipleChoice)."""
+    choice_failures: list[LeafFailure] = []
+    """Knowledge leaves of which no multiple-choice question survived, and why."""
 
 
 def make_teacher(config: TeacherConfig, artifact_root: str, metrics: GeneratorMetrics) -> Teacher:
@@ -95,19 +111,24 @@ def _stage_summary(result: LeafResult) -> dict[str, int]:
     return {c.stage: c.output for c in result.stages}
 
 
-async def run_leaf(
+SampleT = TypeVar("SampleT", Record, ChoiceExample)
+
+
+async def run_flow(
     job: LeafJob,
-    flow_pipeline: Pipeline,
+    flow: Flow,
     engine: Engine,
     checkpoint: LeafCheckpoint,
-    metadata: SampleMetadata,
-) -> tuple[LeafResult, list[Record]]:
-    """Runs (or resumes, or skips when finished) one leaf; GenerationError when nothing survives."""
+    build: Callable[[list[Row]], tuple[list[SampleT], StageCount | None]],
+    model: type[SampleT],
+) -> tuple[LeafResult, list[SampleT]]:
+    """Runs (or resumes, or skips when finished) one leaf's flow, then `build`s its output from the
+    surviving rows (with the count of that last step, when it can drop rows); GenerationError
+    when nothing survives."""
     done = checkpoint.result()
     if done is not None:
         log.info("leaf %s: finished earlier, %d samples", job.path, done.samples)
-        return done, checkpoint.samples()
-    flow = flow_pipeline.flow(job.leaf_type)
+        return done, checkpoint.samples(model)
     counts, rows = checkpoint.resume() or ([], job.rows)
     if counts:
         log.info("leaf %s: resuming after stage %s", job.path, counts[-1].stage)
@@ -116,16 +137,30 @@ async def run_leaf(
         checkpoint.save_stage(count, rows)
         counts.append(count)
         log.info("leaf %s: %s %d -> %d", job.path, count.stage, count.input, count.output)
-    if not rows:
+    samples, built = build(rows) if rows else ([], None)
+    if built is not None:
+        counts.append(built)
+    if not samples:
         stages = ", ".join(
             f"{c.stage} {c.input}->{c.output}" + (f" ({c.malformed} malformed)" if c.malformed else "")
             for c in counts
         )
         raise GenerationError(f"leaf {job.path}: no sample survived the pipeline ({stages})")
+    result = LeafResult(path=job.path, leaf_type=job.leaf_type, stages=counts, samples=len(samples))
+    checkpoint.finish(result, samples)
+    return result, samples
+
+
+def training_samples(
+    job: LeafJob, flow_pipeline: Pipeline, metadata: SampleMetadata, rows: list[Row]
+) -> tuple[list[Record], None]:
+    """A training flow's rows as records, through the flow's sample template (drops none)."""
+    template = flow_pipeline.flow(job.leaf_type).sample
+    assert template is not None  # flow() checked that the flow writes samples
     where = f"pipeline {flow_pipeline.name!r} {job.leaf_type} sample"
     samples = []
     for index, row in enumerate(rows):
-        messages = to_messages(flow.sample, row, where)
+        messages = to_messages(template, row, where)
         samples.append(
             Record.model_validate(
                 {
@@ -135,9 +170,27 @@ async def run_leaf(
                 }
             )
         )
-    result = LeafResult(path=job.path, leaf_type=job.leaf_type, stages=counts, samples=len(samples))
-    checkpoint.finish(result, samples)
-    return result, samples
+    return samples, None
+
+
+async def run_leaf(
+    job: LeafJob,
+    flow_pipeline: Pipeline,
+    engine: Engine,
+    checkpoint: LeafCheckpoint,
+    metadata: SampleMetadata,
+) -> tuple[LeafResult, list[Record]]:
+    """Runs (or resumes, or skips when finished) one leaf's training flow; GenerationError when
+    nothing survives."""
+    flow = flow_pipeline.flow(job.leaf_type)
+    return await run_flow(
+        job,
+        flow,
+        engine,
+        checkpoint,
+        lambda rows: training_samples(job, flow_pipeline, metadata, rows),
+        Record,
+    )
 
 
 def _generated(result: LeafResult, flow_pipeline: Pipeline) -> int:
@@ -157,6 +210,10 @@ class _Run:
     output: Path
     held_out: list[holdout.HeldOutLeaf]
     evaluation: list[EvalExample]
+    choice_pipeline: Pipeline | None = None
+    choice_results: list[LeafResult] = field(default_factory=list)
+    choice_failures: list[LeafFailure] = field(default_factory=list)
+    questions: list[ChoiceExample] = field(default_factory=list)
 
     def _dataset(self, name: str, records: Sequence[BaseModel]) -> DatasetOutput | None:
         if not records:
@@ -206,6 +263,47 @@ class _Run:
             [LeafFailure(path=j.path, reason=failures[j.path][:1024]) for j in jobs if j.path in failures],
         )
 
+    async def choices(self, jobs: list[LeafJob]) -> None:
+        """The multiple-choice pipeline over every knowledge leaf; a leaf of which no question
+        survives is listed in the report (its training data is not at stake), all of them failing
+        is a GenerationError."""
+        if self.choice_pipeline is None or not jobs:
+            return
+        choice_pipeline = self.choice_pipeline
+        flow = choice_pipeline.flow("knowledge", "choice")
+        template = flow.choice
+        assert template is not None  # flow() checked it
+        questions = self.config.multiple_choice.questions_per_chunk if self.config.multiple_choice else 1
+        engine = Engine(self.teacher, self.metrics, choice_pipeline.system, self.config.scale.seed, questions)
+        where = f"pipeline {choice_pipeline.name!r} knowledge choice"
+        done: dict[str, tuple[LeafResult, list[ChoiceExample]]] = {}
+        failed: dict[str, str] = {}
+
+        async def one(job: LeafJob) -> None:
+            checkpoint = LeafCheckpoint(self.output / "checkpoints" / "choices", job.path, job.fingerprint)
+            try:
+                done[job.path] = await run_flow(
+                    job,
+                    flow,
+                    engine,
+                    checkpoint,
+                    partial(to_choices, template, job.path, where=where),
+                    ChoiceExample,
+                )
+            except GenerationError as error:
+                failed[job.path] = str(error)
+                log.warning("multiple choice: %s", error)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job in jobs:
+                    group.create_task(one(job))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        self.choice_results = [done[j.path][0] for j in jobs if j.path in done]
+        self.questions = [q for j in jobs if j.path in done for q in done[j.path][1]]
+        self.choice_failures = [LeafFailure(path=p, reason=failed[p][:1024]) for p in sorted(failed)]
+
     def write_report(self, results: list[LeafResult], failures: list[LeafFailure]) -> None:
         report = Report(
             taxonomy_commit=self.commit,
@@ -214,6 +312,8 @@ class _Run:
             leaves=results,
             failures=failures,
             held_out=self.held_out,
+            choices=self.choice_results,
+            choice_failures=self.choice_failures,
         )
         (self.output / "report.json").write_text(report.model_dump_json(indent=1))
 
@@ -232,10 +332,13 @@ class _Run:
             skills=self._dataset("skills", phase2),
             # Every selected leaf's, skipped ones too: the set depends on the taxonomy and the seed only.
             evaluation=self._dataset("evaluation", self.evaluation),
+            evaluation_choices=self._dataset("evaluation-choices", self.questions),
         )
         stages: Counter[str] = Counter()
         for result in results:
             stages.update({f"{result.leaf_type}/{stage}": n for stage, n in _stage_summary(result).items()})
+        for result in self.choice_results:
+            stages.update({f"{CHOICE_STAGES}/{stage}": n for stage, n in _stage_summary(result).items()})
         summary = GenerateSummary(
             taxonomy_commit=self.commit,
             teacher_model=self.teacher.model_name,
@@ -254,10 +357,20 @@ class _Run:
         return fit(summary, ("leaves", "failed_leaves"))
 
 
-def load_pipeline(config: GenerateConfig) -> Pipeline:
-    if config.pipeline.path:
-        return pipeline.load(resolve_artifact(config.pipeline.path, config.artifact_root))
-    return pipeline.load_builtin(config.pipeline.builtin or "simple")
+def load_pipeline(ref: PipelineRef, artifact_root: str) -> Pipeline:
+    if ref.path:
+        return pipeline.load(resolve_artifact(ref.path, artifact_root))
+    return pipeline.load_builtin(ref.builtin or "simple")
+
+
+def load_choice_pipeline(config: GenerateConfig) -> Pipeline | None:
+    """The multiple-choice pipeline, checked to write questions for knowledge leaves; None when
+    the run writes none."""
+    if config.multiple_choice is None:
+        return None
+    choice_pipeline = load_pipeline(config.multiple_choice.pipeline, config.artifact_root)
+    choice_pipeline.flow("knowledge", "choice")
+    return choice_pipeline
 
 
 @dataclass(frozen=True)
@@ -351,6 +464,23 @@ def _jobs(
     return jobs
 
 
+def _choice_jobs(
+    config: GenerateConfig, leaves: list[_Leaf], choice_pipeline: Pipeline, count: TokenCounter, teacher: str
+) -> list[LeafJob]:
+    """One job per knowledge leaf for the multiple-choice pipeline: its document chunks."""
+    assert config.multiple_choice is not None  # load_choice_pipeline returned a pipeline
+    questions = config.multiple_choice.questions_per_chunk
+    jobs = []
+    for leaf in leaves:
+        if leaf.leaf_type != "knowledge":
+            continue
+        qna = KnowledgeQna.model_validate(leaf.contents)
+        rows = chunk_rows(qna, leaf.documents, count, config.scale.chunk_tokens, questions)
+        fingerprint = _fingerprint(choice_pipeline.fingerprint(), rows, config.scale.seed, teacher)
+        jobs.append(LeafJob(leaf.path, leaf.leaf_type, rows, fingerprint))
+    return jobs
+
+
 async def generate_async(
     config: GenerateConfig, *, teacher: Teacher | None = None, metrics: GeneratorMetrics | None = None
 ) -> GenerateSummary:
@@ -359,7 +489,8 @@ async def generate_async(
     metrics = metrics or GeneratorMetrics()
     # The config and everything it names are checked before a teacher is made (it may load a model)
     # and before the output folder is touched: a bad config fails in seconds and leaves no trace.
-    flow_pipeline = load_pipeline(config)
+    flow_pipeline = load_pipeline(config.pipeline, config.artifact_root)
+    choice_pipeline = load_choice_pipeline(config)
     output = output_path(config.output, config.artifact_root, "output")
     for replay in config.mixing.replay:  # read again for mixing, hours later: a bad line fails now
         read_replay(resolve_artifact(replay.uri, config.artifact_root), replay.uri)
@@ -373,6 +504,11 @@ async def generate_async(
     try:
         count = token_counter(config.teacher, config.artifact_root, teacher)
         jobs = _jobs(config, leaves, flow_pipeline, count, teacher.model_name)
+        choice_jobs = (
+            _choice_jobs(config, leaves, choice_pipeline, count, teacher.model_name)
+            if choice_pipeline
+            else []
+        )
         output.mkdir(parents=True, exist_ok=True)
         metrics.leaves_total.set(len(jobs))
         run = _Run(
@@ -384,8 +520,16 @@ async def generate_async(
             output,
             held_out=[leaf.held_out.report(leaf.path) for leaf in leaves if leaf.held_out.seed_indexes],
             evaluation=[example for leaf in leaves for example in leaf.held_out.examples],
+            choice_pipeline=choice_pipeline,
         )
-        results, samples, failures = await run.leaves(jobs)
+        # Both side by side, so that the teacher always has work queued.
+        try:
+            async with asyncio.TaskGroup() as group:
+                training = group.create_task(run.leaves(jobs))
+                group.create_task(run.choices(choice_jobs))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        results, samples, failures = training.result()
     finally:
         if owned:
             await teacher.aclose()
@@ -396,6 +540,11 @@ async def generate_async(
         raise GenerationError(
             f"{len(failures)} of {len(jobs)} leaves produced nothing{skip}: "
             + "; ".join(f.reason for f in failures)
+        )
+    if choice_jobs and not run.questions:
+        raise GenerationError(
+            f"evaluation.multipleChoice: no question survived the pipeline in any of the {len(choice_jobs)} "
+            "knowledge leaves (see report.json); first: " + run.choice_failures[0].reason
         )
     return run.write_datasets(results, samples, failures)
 

@@ -92,3 +92,21 @@ def rows_for(
     if leaf_type == "knowledge":
         return knowledge_rows(KnowledgeQna.model_validate(contents), documents, count, chunk_tokens)
     return skill_rows(SkillQna.model_validate(contents))
+
+
+def chunk_rows(
+    qna: KnowledgeQna, documents: list[Document], count: TokenCounter, chunk_tokens: int, questions: int
+) -> list[Row]:
+    """One row per document chunk, for the multiple-choice pipeline: the chunk to write questions
+    about and how many to write (no seed example: the questions test the document)."""
+    return [
+        {
+            "domain": qna.domain,
+            "document_outline": qna.document_outline,
+            "document": text,
+            "source": document.path,
+            "questions": questions,
+        }
+        for document in documents
+        for text in chunk(document.text, count, chunk_tokens)
+    ]

@@ -8,11 +8,17 @@ from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
 from labtune.api.resource import Resource
-from labtune.api.synthetic_data_run import TeacherModel
+from labtune.api.synthetic_data_run import HoldOutSpec, TeacherModel
 from labtune.api.taxonomy import TaxonomyStatus
 from labtune.contract import metrics as m
 from labtune.contract import resolve_artifact
-from labtune.contract.generate import GenerateConfig, GenerateSummary, PipelineRef, TeacherConfig
+from labtune.contract.generate import (
+    GenerateConfig,
+    GenerateSummary,
+    MultipleChoiceConfig,
+    PipelineRef,
+    TeacherConfig,
+)
 from labtune.contract.taxonomy import GitCheckout
 from labtune.operator import conditions as cond
 from labtune.operator.jobs import build_config_map, build_job
@@ -35,6 +41,7 @@ COMPONENT = "generator"
 GIT_CREDENTIALS_DIR = "/var/run/secrets/labtune/git"
 TEACHER_CA_DIR = "/var/run/secrets/labtune/teacher-ca"
 PIPELINE_DIR = "/etc/labtune/pipeline"
+CHOICE_PIPELINE_DIR = "/etc/labtune/multiple-choice-pipeline"
 API_KEY_ENV = "LABTUNE_TEACHER_API_KEY"
 VLLM_PORT = 8000
 VLLM_MODEL_NAME = "teacher"
@@ -104,6 +111,17 @@ def build_generate_config(
         if spec.pipeline.config_map_ref
         else PipelineRef(builtin=spec.pipeline.builtin or "simple")
     )
+    choices = spec.evaluation.multiple_choice
+    multiple_choice = (
+        MultipleChoiceConfig(
+            questions_per_chunk=choices.questions_per_chunk,
+            pipeline=PipelineRef(path=f"{CHOICE_PIPELINE_DIR}/pipeline.yaml")
+            if choices.pipeline.config_map_ref
+            else PipelineRef(builtin=choices.pipeline.builtin or "multiple-choice"),
+        )
+        if choices
+        else None
+    )
     return GenerateConfig(
         artifact_root=settings.artifact_root,
         metrics_port=settings.job_metrics_port,
@@ -118,7 +136,8 @@ def build_generate_config(
         pipeline=pipeline,
         scale=spec.scale,
         mixing=spec.mixing,
-        evaluation=spec.evaluation,
+        evaluation=HoldOutSpec.model_validate(spec.evaluation.model_dump(exclude={"multiple_choice"})),
+        multiple_choice=multiple_choice,
         output=output,
         leaf_failure_policy=spec.leaf_failure_policy,
     )
@@ -148,6 +167,11 @@ def build_generator_children(
     if spec.pipeline.config_map_ref:
         pipeline = spec.pipeline.config_map_ref
         files.append(FileMount("configMap", pipeline.name, PIPELINE_DIR, ((pipeline.key, "pipeline.yaml"),)))
+    choices = spec.evaluation.multiple_choice
+    if choices and choices.pipeline.config_map_ref:
+        choice_map = choices.pipeline.config_map_ref
+        mount = ((choice_map.key, "pipeline.yaml"),)
+        files.append(FileMount("configMap", choice_map.name, CHOICE_PIPELINE_DIR, mount))
     sidecars = (build_vllm_sidecar(spec.teacher.model, settings),) if spec.teacher.model else ()
     uris = [
         config.output,

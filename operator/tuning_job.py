@@ -10,10 +10,12 @@ from typing import Any, get_args
 
 from labtune.api import SyntheticDataRun, TuningJob
 from labtune.api.resource import Resource
-from labtune.api.synthetic_data_run import SyntheticDataRunStatus
+from labtune.api.synthetic_data_run import GenerationOutputs, SyntheticDataRunStatus
 from labtune.api.tuning_job import (
     HELD_OUT_BENCHMARK,
+    MULTIPLE_CHOICE_BENCHMARK,
     BenchmarkSpec,
+    BenchmarkType,
     EvaluationSpec,
     GateResult,
     Metric,
@@ -49,33 +51,62 @@ GATE_FAILED = "GateFailed"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
-def resolve_evaluation(spec: EvaluationSpec, evaluation_dataset: str | None) -> EvaluationSpec | CannotRun:
+EvaluationDatasets = dict[BenchmarkType, str]
+"""The SyntheticDataRun's evaluation datasets by the benchmark type that scores them."""
+
+
+def evaluation_datasets(outputs: GenerationOutputs | None) -> EvaluationDatasets:
+    datasets: EvaluationDatasets = {}
+    if outputs and outputs.evaluation:
+        datasets["reference"] = outputs.evaluation.uri
+    if outputs and outputs.evaluation_choices:
+        datasets["multipleChoice"] = outputs.evaluation_choices.uri
+    return datasets
+
+
+def default_benchmarks(datasets: EvaluationDatasets) -> list[BenchmarkSpec]:
+    """With no benchmarks listed: one for each evaluation dataset the SyntheticDataRun wrote."""
+    named = {"reference": HELD_OUT_BENCHMARK, "multipleChoice": MULTIPLE_CHOICE_BENCHMARK}
+    return [BenchmarkSpec(name=named[kind], type=kind) for kind in named if kind in datasets]
+
+
+def resolve_evaluation(spec: EvaluationSpec, datasets: EvaluationDatasets) -> EvaluationSpec | CannotRun:
     """The spec's evaluation with every benchmark's dataset named: a benchmark without one uses the
-    SyntheticDataRun's evaluation dataset; with no benchmarks listed, that dataset is the default
-    `held-out` benchmark when the run wrote one (and there is none when it did not)."""
-    if spec.benchmarks is None:
-        benchmarks = [BenchmarkSpec(name=HELD_OUT_BENCHMARK)] if evaluation_dataset else []
-        if not benchmarks and (spec.gate or spec.select_by):
+    SyntheticDataRun's evaluation dataset of its type; with no benchmarks listed, each evaluation
+    dataset the run wrote is a default benchmark (see default_benchmarks)."""
+    benchmarks = default_benchmarks(datasets) if spec.benchmarks is None else list(spec.benchmarks)
+    names = {benchmark.name for benchmark in benchmarks}
+    for field, ref in (("gate", spec.gate), ("selectBy", spec.select_by)):
+        if ref is not None and ref.benchmark not in names:
             return CannotRun(
                 "NoEvaluationDataset",
-                "spec.evaluation sets a gate or selectBy on the held-out benchmark, but the "
-                "SyntheticDataRun wrote no evaluation dataset: set spec.evaluation.heldOutSeeds "
-                "on it, or list benchmarks with datasets",
+                f"spec.evaluation.{field} names the default benchmark {ref.benchmark}, but the "
+                f"SyntheticDataRun wrote no dataset for it: {_HOW_TO_WRITE[_default_type(ref.benchmark)]}, "
+                "or list benchmarks with datasets",
             )
-    else:
-        benchmarks = list(spec.benchmarks)
     resolved = []
     for benchmark in benchmarks:
         if benchmark.dataset is None:
-            if evaluation_dataset is None:
+            if benchmark.type not in datasets:
                 return CannotRun(
                     "NoEvaluationDataset",
                     f"benchmark {benchmark.name} has no dataset and the SyntheticDataRun wrote no "
-                    "evaluation dataset: set spec.evaluation.heldOutSeeds on it, or the benchmark's dataset",
+                    f"{benchmark.type} evaluation dataset: {_HOW_TO_WRITE[benchmark.type]}, or set "
+                    "the benchmark's dataset",
                 )
-            benchmark = benchmark.model_copy(update={"dataset": evaluation_dataset})
+            benchmark = benchmark.model_copy(update={"dataset": datasets[benchmark.type]})
         resolved.append(benchmark)
     return spec.model_copy(update={"benchmarks": resolved})
+
+
+_HOW_TO_WRITE: dict[BenchmarkType, str] = {
+    "reference": "set spec.evaluation.heldOutSeeds on it",
+    "multipleChoice": "set spec.evaluation.multipleChoice on it",
+}
+
+
+def _default_type(name: str) -> BenchmarkType:
+    return "multipleChoice" if name == MULTIPLE_CHOICE_BENCHMARK else "reference"
 
 
 def build_train_config(
@@ -181,7 +212,7 @@ class TuningJobKind:
         job = TuningJob.model_validate(body)
         lineage: dict[str, Any] = {"baseModel": job.spec.base_model.uri}
         data = job.spec.data
-        evaluation_dataset = None
+        evaluation_data: EvaluationDatasets = {}
         if data.synthetic_data_run_ref is not None:
             found = self._datasets_from_run(
                 kube, body["metadata"]["namespace"], data.synthetic_data_run_ref.name
@@ -191,12 +222,16 @@ class TuningJobKind:
             datasets, run_status = found
             lineage["taxonomyRevision"] = run_status.taxonomy_revision
             outputs = run_status.outputs
-            used = (outputs.knowledge, outputs.skills, outputs.evaluation) if outputs else ()
+            used = (
+                (outputs.knowledge, outputs.skills, outputs.evaluation, outputs.evaluation_choices)
+                if outputs
+                else ()
+            )
             lineage["datasets"] = [d.to_wire() for d in used if d]
-            evaluation_dataset = outputs.evaluation.uri if outputs and outputs.evaluation else None
+            evaluation_data = evaluation_datasets(outputs)
         else:
             datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
-        evaluation = resolve_evaluation(job.spec.evaluation, evaluation_dataset)
+        evaluation = resolve_evaluation(job.spec.evaluation, evaluation_data)
         if isinstance(evaluation, CannotRun):
             return evaluation
         config, children = build_trainer_plan(body, job, datasets, evaluation, settings)

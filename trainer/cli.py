@@ -28,14 +28,9 @@ from labtune.contract import (
     write_summary,
 )
 from labtune.contract.common import check_metrics_port, check_termination_log, output_path
-from labtune.contract.evaluate import (
-    Benchmark,
-    EvalExample,
-    EvaluateConfig,
-    Examples,
-    MultipleChoiceBenchmark,
-)
+from labtune.contract.evaluate import EvaluateConfig, Examples, from_spec
 from labtune.contract.train import TrainConfig, TrainSummary
+from labtune.trainer.records import read_benchmark
 
 log = logging.getLogger("labtune.trainer")
 
@@ -95,23 +90,13 @@ def _check_paths(config: TrainConfig) -> None:
         raise ConfigError(f"base model {config.base_model.uri} does not exist")
     for dataset in sorted({phase.dataset for phase in config.phases}):
         _check_exists(resolve_artifact(getattr(config.datasets, dataset), config.artifact_root))
-    for benchmark in config.evaluation.benchmarks or []:
-        _read_benchmark(benchmark.dataset or "", config.artifact_root)
+    for spec in config.evaluation.benchmarks or []:
+        read_benchmark(from_spec(spec), config.artifact_root)
 
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
         raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
-
-
-def _read_benchmark(uri: str, artifact_root: str) -> list[EvalExample]:
-    """A benchmark's questions, read and checked (each line an EvalExample, ids unique, one at
-    least): bad evaluation data fails before training, not after it."""
-    from labtune.trainer.records import read_examples
-
-    path = resolve_artifact(uri, artifact_root)
-    _check_exists(path)
-    return read_examples(path)
 
 
 def _train(config: TrainConfig) -> int:
@@ -217,17 +202,7 @@ def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, Examples]:
                     f"model {model.name}: adapter {model.adapter} is not an adapter: "
                     f"expected a folder with {ADAPTER_CONFIG}"
                 )
-    return {b.name: _read_examples(b, config.artifact_root) for b in config.benchmarks}
-
-
-def _read_examples(benchmark: Benchmark, artifact_root: str) -> Examples:
-    if isinstance(benchmark, MultipleChoiceBenchmark):
-        from labtune.trainer.multiple_choice import read_choices
-
-        path = resolve_artifact(benchmark.dataset, artifact_root)
-        _check_exists(path)
-        return read_choices(path)
-    return _read_benchmark(benchmark.dataset, artifact_root)
+    return {b.name: read_benchmark(b, config.artifact_root) for b in config.benchmarks}
 
 
 def _evaluate(config: EvaluateConfig, examples: dict[str, Examples]) -> int:

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from labtune.contract import ConfigError
-from labtune.contract.common import validation_problems
 from labtune.contract.evaluate import ChoiceExample
+from labtune.trainer.records import read_choices
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -42,32 +41,6 @@ class MultipleChoiceScore(BaseModel):
     """Each question's verdict, in the dataset's order."""
     correct_norm: list[bool]
     """The same by length-normalised log-likelihood."""
-
-
-def read_choices(path: Path) -> list[ChoiceExample]:
-    """The dataset's records; a ConfigError naming the file and line for the first bad one."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read multiple-choice dataset {path}: {error}") from None
-    examples: list[ChoiceExample] = []
-    first: dict[str, int] = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            example = ChoiceExample.model_validate_json(line)
-        except ValidationError as error:
-            raise ConfigError(
-                f"{path}:{number}: not a multiple-choice example: {validation_problems(error)}"
-            ) from None
-        # The results name examples by id.
-        if (seen := first.setdefault(example.id, number)) != number:
-            raise ConfigError(f"{path}:{number}: id {example.id!r} repeats line {seen}")
-        examples.append(example)
-    if not examples:
-        raise ConfigError(f"multiple-choice dataset {path} holds no example")
-    return examples
 
 
 def task_config(name: str, dataset: Path) -> dict[str, Any]:

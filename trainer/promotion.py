@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from labtune.api.tuning_job import (
+    METRIC_NEEDS,
     BenchmarkResult,
     ChosenCheckpoint,
     EvalScores,
@@ -25,20 +26,19 @@ from labtune.api.tuning_job import (
     MetricRef,
     TuningEvaluation,
 )
-from labtune.contract import ConfigError, resolve_artifact
+from labtune.contract import ConfigError
 from labtune.contract.evaluate import (
     EvalModel,
     EvaluateConfig,
     EvaluateSummary,
     Examples,
-    Generation,
-    ReferenceBenchmark,
+    from_spec,
 )
 from labtune.contract.train import ModelSource, TrainConfig
 from labtune.trainer.evaluation import evaluate
 from labtune.trainer.layout import Layout, PhaseResult, checkpoint_step, complete_checkpoints
 from labtune.trainer.preemption import StopRequest
-from labtune.trainer.records import read_examples
+from labtune.trainer.records import read_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def apply_gate(gate: GateSpec, base: EvalScores, tuned: EvalScores) -> GateResul
     base_value, tuned_value = base.get(gate.metric), tuned.get(gate.metric)
     if base_value is None or tuned_value is None:
         raise ConfigError(
-            f"evaluation.gate: benchmark {gate.benchmark} does not compute {gate.metric} "
-            "(enable likelihood for nll, generation for the other metrics)"
+            f"evaluation.gate: benchmark {gate.benchmark} does not compute {gate.metric} ({METRIC_NEEDS})"
         )
     gained = round(improvement(gate.metric, base_value, tuned_value), 4)
     return GateResult(
@@ -84,8 +83,7 @@ def choose(ref: MetricRef, scores: dict[str, EvalScores]) -> tuple[str, float]:
     present = {name: value for name, value in values.items() if value is not None}
     if not present:
         raise ConfigError(
-            f"evaluation.selectBy: benchmark {ref.benchmark} does not compute {ref.metric} "
-            "(enable likelihood for nll, generation for the other metrics)"
+            f"evaluation.selectBy: benchmark {ref.benchmark} does not compute {ref.metric} ({METRIC_NEEDS})"
         )
     sign = -1.0 if lower_is_better(ref.metric) else 1.0
     name = max(present, key=lambda n: (sign * present[n], checkpoint_step(Path(n)) or 0))
@@ -111,17 +109,7 @@ def evaluate_config(config: TrainConfig, layout: Layout, checkpoints: list[Path]
             models.append(EvalModel(name=checkpoint.name, base=base.model_copy(update={"uri": uri})))
         else:
             models.append(EvalModel(name=checkpoint.name, base=base, adapter=uri))
-    benchmarks = [
-        ReferenceBenchmark(
-            type="reference",
-            name=spec.name,
-            dataset=spec.dataset or "",  # TrainConfig's check: every benchmark has one
-            system_prompt=spec.system_prompt,
-            likelihood=spec.likelihood,
-            generation=Generation(enabled=spec.generation, max_new_tokens=spec.max_new_tokens),
-        )
-        for spec in config.evaluation.benchmarks or []
-    ]
+    benchmarks = [from_spec(spec) for spec in config.evaluation.benchmarks or []]
     return EvaluateConfig(
         artifact_root=config.artifact_root,
         metrics_port=config.metrics_port,
@@ -134,9 +122,7 @@ def evaluate_config(config: TrainConfig, layout: Layout, checkpoints: list[Path]
 
 
 def read_benchmarks(config: EvaluateConfig) -> dict[str, Examples]:
-    return {
-        b.name: read_examples(resolve_artifact(b.dataset, config.artifact_root)) for b in config.benchmarks
-    }
+    return {b.name: read_benchmark(b, config.artifact_root) for b in config.benchmarks}
 
 
 def outcome(

@@ -1,21 +1,24 @@
 """Records read from JSONL files, validated line by line: training samples in the messages format
 (the generator's output and InstructLab SDG's `knowledge_train_msgs` / `skills_train_msgs` files)
-and evaluation examples (labtune.contract.evaluate.EvalExample). No torch here: `labtune train`
-and `labtune evaluate` read them before importing it."""
+and evaluation examples (labtune.contract.evaluate's EvalExample and ChoiceExample). No torch
+here: `labtune train` and `labtune evaluate` read them before importing it."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from labtune.contract import ConfigError
-from labtune.contract.evaluate import EvalExample
+from labtune.contract import ConfigError, resolve_artifact
+from labtune.contract.evaluate import Benchmark, ChoiceExample, EvalExample, Examples, MultipleChoiceBenchmark
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
+ExampleT = TypeVar("ExampleT", EvalExample, ChoiceExample)
 
 # InstructLab SDG's phase-1 knowledge records carry one `pretraining` message holding the whole
 # exchange as "<|user|>\n…\n<|assistant|>\n…" (or Granite's start_of_role form); InstructLab's
@@ -106,13 +109,32 @@ def read_samples(path: Path) -> list[Sample]:
     return [sample for _, sample in read_records(path, Sample, "samples")]
 
 
-def read_examples(path: Path) -> list[EvalExample]:
-    """Every evaluation example of a JSONL file (see read_records); ids must be unique, as the
-    results name examples by id."""
-    examples = read_records(path, EvalExample, "examples")
+def _unique_ids(path: Path, records: list[tuple[int, ExampleT]]) -> list[ExampleT]:
+    """The records, each id once: the results name examples by id."""
     first: dict[str, int] = {}
-    for number, example in examples:
+    for number, example in records:
         seen = first.setdefault(example.id, number)
         if seen != number:
             raise ConfigError(f"dataset {path} line {number}: id {example.id!r} repeats line {seen}")
-    return [example for _, example in examples]
+    return [example for _, example in records]
+
+
+def read_examples(path: Path) -> list[EvalExample]:
+    """Every question of a reference benchmark's JSONL file (see read_records), ids unique."""
+    return _unique_ids(path, read_records(path, EvalExample, "examples"))
+
+
+def read_choices(path: Path) -> list[ChoiceExample]:
+    """Every question of a multiple-choice benchmark's JSONL file (see read_records), ids unique."""
+    return _unique_ids(path, read_records(path, ChoiceExample, "multiple-choice examples"))
+
+
+def read_benchmark(benchmark: Benchmark, artifact_root: str) -> Examples:
+    """A benchmark's questions, read and checked: bad evaluation data fails before any model is
+    loaded (and, in `labtune train`, before training), not after it."""
+    path = resolve_artifact(benchmark.dataset, artifact_root)
+    if not path.exists():
+        raise ConfigError(f"dataset {path}: {os.strerror(errno.ENOENT)}")  # as reading it would say
+    if isinstance(benchmark, MultipleChoiceBenchmark):
+        return read_choices(path)
+    return read_examples(path)

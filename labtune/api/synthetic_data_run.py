@@ -174,6 +174,43 @@ class HoldOutSpec(ApiModel):
     a fraction holds back proportionally more from leaves that have many."""
 
 
+class ChoicePipelineSpec(ApiModel):
+    """The pipeline that writes multiple-choice questions: the built-in one or a custom one from a
+    ConfigMap (the pipeline format, each flow ending in `choice:` instead of `sample:`)."""
+
+    model_config = model_rules(
+        cel(
+            "!(has(self.builtin) && has(self.configMapRef))",
+            "set either evaluation.multipleChoice.pipeline.builtin or .configMapRef, not both",
+        )
+    )
+
+    builtin: Literal["multiple-choice"] | None = None
+    """`multiple-choice`: the teacher writes questions from each chunk, then judges each one
+    against the chunk (is the marked answer right, and the only right one). The default."""
+    config_map_ref: ConfigMapKeyReference | None = None
+    """A custom multiple-choice pipeline YAML in a ConfigMap."""
+
+
+class MultipleChoiceSpec(ApiModel):
+    """Multiple-choice questions about every knowledge leaf, written by the teacher from the leaf's
+    document chunks and filtered by a teacher judge (InstructLab's MMLU-branch), as
+    `evaluation-choices.jsonl`: a TuningJob scores them with lm-evaluation-harness."""
+
+    questions_per_chunk: Annotated[int, Field(ge=1, le=20)] = 3
+    """Questions asked of the teacher per document chunk (before the judge)."""
+    pipeline: ChoicePipelineSpec = Field(default_factory=ChoicePipelineSpec)
+    """The pipeline that writes them."""
+
+
+class EvaluationDataSpec(HoldOutSpec):
+    """Evaluation datasets written beside the phase datasets: held-out seed examples, and
+    multiple-choice questions."""
+
+    multiple_choice: MultipleChoiceSpec | None = None
+    """Have the teacher write multiple-choice questions about each knowledge leaf; unset: none."""
+
+
 class SyntheticDataRunSpec(BatchSpec):
     """Desired state of a SyntheticDataRun. Immutable once the run has started, except `suspend`."""
 
@@ -189,8 +226,8 @@ class SyntheticDataRunSpec(BatchSpec):
     """Amount of data and teacher concurrency."""
     mixing: MixingSpec = Field(default_factory=MixingSpec)
     """Assembly of the phase datasets."""
-    evaluation: HoldOutSpec = Field(default_factory=HoldOutSpec)
-    """Seed examples held back from generation as an evaluation dataset."""
+    evaluation: EvaluationDataSpec = Field(default_factory=EvaluationDataSpec)
+    """Evaluation datasets: seed examples held back from generation, multiple-choice questions."""
     output: ArtifactURI | None = None
     """Where the datasets are written; under the operator's default artifact claim when unset."""
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
@@ -232,6 +269,9 @@ class GenerationOutputs(ApiModel):
     evaluation: DatasetOutput | None = None
     """The seed examples `spec.evaluation` held back from the teacher: questions with reference
     answers (EvalExample records)."""
+    evaluation_choices: DatasetOutput | None = None
+    """The multiple-choice questions `spec.evaluation.multipleChoice` had the teacher write
+    (ChoiceExample records)."""
 
 
 class GenerationProgress(ApiModel):

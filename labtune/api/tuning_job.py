@@ -125,31 +125,57 @@ def _default_phases() -> list[Phase]:
     ]
 
 
-Metric = Literal["nll", "exactMatch", "contains", "rougeL"]
+Metric = Literal["nll", "exactMatch", "contains", "rougeL", "accuracy", "accuracyNorm"]
 """A benchmark score: `nll` (mean per-token negative log-likelihood of the reference answers, lower
-is better), `exactMatch`, `contains`, `rougeL` (of the generated answers, higher is better)."""
+is better), `exactMatch`, `contains`, `rougeL` (of the generated answers), `accuracy`,
+`accuracyNorm` (of multiple-choice answers; higher is better)."""
+
+BenchmarkType = Literal["reference", "multipleChoice"]
+
+GENERATION_METRICS = ("exactMatch", "contains", "rougeL")
+CHOICE_METRICS = ("accuracy", "accuracyNorm")
 
 HELD_OUT_BENCHMARK = "held-out"
-"""The default benchmark's name: the SyntheticDataRun's held-out seed questions."""
+"""A default benchmark's name: the SyntheticDataRun's held-out seed questions."""
+MULTIPLE_CHOICE_BENCHMARK = "multiple-choice"
+"""A default benchmark's name: the multiple-choice questions the SyntheticDataRun's teacher wrote."""
+DEFAULT_BENCHMARKS = (HELD_OUT_BENCHMARK, MULTIPLE_CHOICE_BENCHMARK)
 
 
 class BenchmarkSpec(ApiModel):
-    """Questions with reference answers (the generator's `evaluation.jsonl` format) that the base
-    model, the candidate checkpoints and the output are scored on after training."""
+    """Questions that the base model, the candidate checkpoints and the output are scored on
+    after training: with reference answers (the generator's `evaluation.jsonl`), or multiple
+    choice (its `evaluation-choices.jsonl`, scored by lm-evaluation-harness)."""
 
     name: LabelName
     """Unique within the job; gates and checkpoint choice name it."""
+    type: BenchmarkType = "reference"
+    """`reference`: questions with reference answers (`nll`, and the generation scores);
+    `multipleChoice`: the likeliest choice must be the right one (`accuracy`, `accuracyNorm`)."""
     dataset: ArtifactURI | None = None
-    """The questions; unset: the evaluation dataset of `data.syntheticDataRunRef`."""
+    """The questions; unset: the SyntheticDataRun's evaluation dataset of this type."""
     likelihood: bool = True
-    """Score the reference answers' likelihood (`nll`)."""
+    """Score the reference answers' likelihood (`nll`); reference benchmarks only."""
     generation: bool = True
     """Generate answers greedily and score them against the references (`exactMatch`, `contains`,
-    `rougeL`)."""
+    `rougeL`); reference benchmarks only."""
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
     """Longest generated answer."""
     system_prompt: LongText | None = None
     """The system turn the training samples had (none with the shipped pipelines)."""
+
+    def computes(self, metric: Metric) -> bool:
+        """Whether the benchmark scores `metric` (the CEL rule `_metric_computed` says the same)."""
+        if self.type == "multipleChoice":
+            return metric in CHOICE_METRICS
+        return self.likelihood if metric == "nll" else metric in GENERATION_METRICS and self.generation
+
+
+METRIC_NEEDS = (
+    "nll needs a reference benchmark with likelihood, exactMatch, contains and rougeL one with "
+    "generation, accuracy and accuracyNorm a multipleChoice benchmark"
+)
+"""What each metric needs of its benchmark, for messages."""
 
 
 class MetricRef(ApiModel):
@@ -174,18 +200,21 @@ def _benchmark_named(field: str) -> dict[str, str]:
     return cel(
         f"!has(self.{field}) || (has(self.benchmarks) ? "
         f"self.benchmarks.exists(b, b.name == self.{field}.benchmark) : "
-        f"self.{field}.benchmark == '{HELD_OUT_BENCHMARK}')",
+        f"self.{field}.benchmark in {list(DEFAULT_BENCHMARKS)})",
         f"evaluation.{field}.benchmark must name one of evaluation.benchmarks "
-        f"('{HELD_OUT_BENCHMARK}' when benchmarks is unset)",
+        f"({' or '.join(DEFAULT_BENCHMARKS)} when benchmarks is unset)",
     )
 
 
 def _metric_computed(field: str) -> dict[str, str]:
+    metric = f"self.{field}.metric"
+    choice = f"{metric} in {list(CHOICE_METRICS)}"
     return cel(
-        f"!has(self.{field}) || !has(self.benchmarks) || self.benchmarks.all(b, "
-        f"b.name != self.{field}.benchmark || (self.{field}.metric == 'nll' ? b.likelihood : b.generation))",
-        f"evaluation.{field}: its benchmark does not compute that metric (nll needs likelihood, "
-        "the others generation)",
+        f"!has(self.{field}) || (has(self.benchmarks) ? self.benchmarks.all(b, "
+        f"b.name != self.{field}.benchmark || ({choice} ? b.type == 'multipleChoice' : "
+        f"b.type == 'reference' && ({metric} == 'nll' ? b.likelihood : b.generation))) : "
+        f"(self.{field}.benchmark == '{MULTIPLE_CHOICE_BENCHMARK}') == ({choice}))",
+        f"evaluation.{field}: its benchmark does not compute that metric ({METRIC_NEEDS})",
     )
 
 
@@ -211,8 +240,9 @@ class EvaluationSpec(ApiModel):
         ]
         | None
     ) = None
-    """Scored on the base model and the tuned model after training. Unset: `held-out` (likelihood
-    and generation) on the SyntheticDataRun's evaluation dataset when it has one; empty: none."""
+    """Scored on the base model and the tuned model after training. Unset: the SyntheticDataRun's
+    evaluation datasets, those it wrote: `held-out` (likelihood and generation on its held-out
+    seed questions) and `multiple-choice` (its teacher's multiple-choice questions); empty: none."""
     select_by: MetricRef | None = None
     """The score that chooses the output among the last phase's saved checkpoints (each is
     scored); unset: the lowest held-out loss."""
@@ -266,14 +296,14 @@ class TuningJobSpec(BatchSpec):
         cel(
             "has(self.data.syntheticDataRunRef) || !has(self.evaluation.benchmarks) "
             "|| self.evaluation.benchmarks.all(b, has(b.dataset))",
-            "a benchmark without a dataset uses the SyntheticDataRun's evaluation dataset: set its "
-            "dataset, or data.syntheticDataRunRef",
+            "a benchmark without a dataset uses the SyntheticDataRun's evaluation dataset of its type: "
+            "set its dataset, or data.syntheticDataRunRef",
         ),
         cel(
             "has(self.data.syntheticDataRunRef) || has(self.evaluation.benchmarks) "
             "|| !(has(self.evaluation.gate) || has(self.evaluation.selectBy))",
             "evaluation.gate and evaluation.selectBy need benchmarks: list them in "
-            "evaluation.benchmarks, or use data.syntheticDataRunRef for the default held-out one",
+            "evaluation.benchmarks, or use data.syntheticDataRunRef for the default ones",
         ),
     )
 
@@ -382,6 +412,8 @@ class EvalScores(ApiModel):
             "exactMatch": self.exact_match,
             "contains": self.contains,
             "rougeL": self.rouge_l,
+            "accuracy": self.accuracy,
+            "accuracyNorm": self.accuracy_norm,
         }[metric]
 
 

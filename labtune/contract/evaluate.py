@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from labtune.api.tuning_job import EvalScores
+from labtune.api.tuning_job import BenchmarkSpec, EvalScores
 from labtune.contract.common import ContractModel, LeafType, PodConfig
 from labtune.contract.train import ModelSource
 
@@ -103,6 +103,21 @@ Benchmark = Annotated[
     ),
 ]
 """Every kind of benchmark, told apart by `type`."""
+
+
+def from_spec(spec: BenchmarkSpec) -> Benchmark:
+    """`labtune evaluate`'s form of a TuningJob's benchmark."""
+    dataset = spec.dataset or ""  # TrainConfig's check: every benchmark has one
+    if spec.type == "multipleChoice":
+        return MultipleChoiceBenchmark(type="multipleChoice", name=spec.name, dataset=dataset)
+    return ReferenceBenchmark(
+        type="reference",
+        name=spec.name,
+        dataset=dataset,
+        system_prompt=spec.system_prompt,
+        likelihood=spec.likelihood,
+        generation=Generation(enabled=spec.generation, max_new_tokens=spec.max_new_tokens),
+    )
 
 
 class EvaluateConfig(PodConfig):

@@ -84,7 +84,7 @@ def _is_http_url(url: str) -> bool:
 class PipelineRef(ContractModel):
     """A built-in pipeline by name, or a pipeline YAML file (e.g. a mounted ConfigMap key)."""
 
-    builtin: Literal["simple", "full"] | None = None
+    builtin: Literal["simple", "full", "multiple-choice"] | None = None
     path: str | None = None
     """Pipeline YAML file; prompt files it names are relative to it."""
 
@@ -93,6 +93,15 @@ class PipelineRef(ContractModel):
         if (self.builtin is None) == (self.path is None):
             raise ValueError("set exactly one of pipeline.builtin or pipeline.path")
         return self
+
+
+class MultipleChoiceConfig(ContractModel):
+    """Multiple-choice questions about every knowledge leaf (SyntheticDataRun
+    `evaluation.multipleChoice`), written as `evaluation-choices.jsonl`."""
+
+    questions_per_chunk: Annotated[int, Field(ge=1, le=20)] = 3
+    pipeline: PipelineRef = Field(default_factory=lambda: PipelineRef(builtin="multiple-choice"))
+    """A pipeline whose knowledge flow ends in `choice:`."""
 
 
 class GenerateConfig(PodConfig):
@@ -111,6 +120,8 @@ class GenerateConfig(PodConfig):
     mixing: MixingSpec = Field(default_factory=MixingSpec)
     evaluation: HoldOutSpec = Field(default_factory=HoldOutSpec)
     """Seed examples held back from the teacher per leaf, written as `evaluation.jsonl`."""
+    multiple_choice: MultipleChoiceConfig | None = None
+    """Multiple-choice questions the teacher writes about each knowledge leaf; none when unset."""
     output: str
     """Artifact URI of the output folder (datasets, per-leaf checkpoints, the full report)."""
     leaf_failure_policy: Literal["FailRun", "SkipLeaf"] = "FailRun"

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from labtune.api.tuning_job import (
+    METRIC_NEEDS,
     CheckpointRecord,
     CheckpointSpec,
     EvaluationSpec,
@@ -108,11 +109,10 @@ class TrainConfig(PodConfig):
                     f"evaluation.{field}.benchmark {ref.benchmark} is not one of evaluation.benchmarks "
                     f"{names}"
                 )
-            benchmark = by_name[ref.benchmark]
-            if not (benchmark.likelihood if ref.metric == "nll" else benchmark.generation):
+            if not by_name[ref.benchmark].computes(ref.metric):
                 raise ValueError(
                     f"evaluation.{field}: benchmark {ref.benchmark} does not compute {ref.metric} "
-                    "(nll needs likelihood, the others generation)"
+                    f"({METRIC_NEEDS})"
                 )
 
 

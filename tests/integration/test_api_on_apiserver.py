@@ -350,6 +350,64 @@ BAD_INPUT = [
         id="job-duplicate-benchmarks",
     ),
     pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [{"name": "mine", "dataset": "pvc://data/q.jsonl"}],
+                "gate": {"benchmark": "mine", "metric": "accuracy"},
+            },
+        ),
+        "evaluation.gate: its benchmark does not compute that metric (nll needs a reference benchmark",
+        id="job-gate-accuracy-of-a-reference-benchmark",
+    ),
+    pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [{"name": "mcq", "type": "multipleChoice", "dataset": "pvc://data/c.jsonl"}],
+                "selectBy": {"benchmark": "mcq", "metric": "rougeL"},
+            },
+        ),
+        "evaluation.selectBy: its benchmark does not compute that metric",
+        id="job-select-by-rouge-of-a-multiple-choice-benchmark",
+    ),
+    pytest.param(
+        JOB,
+        lambda spec: spec.update(
+            data={"syntheticDataRunRef": {"name": "run"}},
+            evaluation={"gate": {"benchmark": "multiple-choice", "metric": "nll"}},
+        ),
+        "evaluation.gate: its benchmark does not compute that metric",
+        id="job-gate-nll-of-the-default-multiple-choice-benchmark",
+    ),
+    pytest.param(
+        JOB,
+        _set("evaluation", {"benchmarks": [{"name": "mcq", "type": "judge", "dataset": "pvc://d/c.jsonl"}]}),
+        'supported values: "reference", "multipleChoice"',
+        id="job-unknown-benchmark-type",
+    ),
+    pytest.param(
+        RUN,
+        _set(
+            "evaluation",
+            {
+                "multipleChoice": {
+                    "pipeline": {"builtin": "multiple-choice", "configMapRef": {"name": "p", "key": "k"}}
+                }
+            },
+        ),
+        "set either evaluation.multipleChoice.pipeline.builtin or .configMapRef, not both",
+        id="run-multiple-choice-two-pipelines",
+    ),
+    pytest.param(
+        RUN,
+        _set("evaluation", {"multipleChoice": {"questionsPerChunk": 50}}),
+        "questionsPerChunk in body should be less than or equal to 20",
+        id="run-multiple-choice-too-many-questions",
+    ),
+    pytest.param(
         RUN,
         _set("evaluation", {"heldOutSeeds": 1, "heldOutSeedFraction": 0.2}),
         "set at most one of evaluation.heldOutSeeds or evaluation.heldOutSeedFraction",
@@ -379,6 +437,28 @@ def test_the_valid_bases_are_accepted(api_client: client.ApiClient, namespace: s
         _create(api_client, namespace, copy.deepcopy(body))
 
 
+def test_a_multiple_choice_gate_is_accepted_and_defaulted(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    job = copy.deepcopy(JOB)
+    job["metadata"]["name"] = "mcq"
+    job["spec"]["data"] = {"syntheticDataRunRef": {"name": "run"}}
+    job["spec"]["evaluation"] = {
+        "gate": {"benchmark": "multiple-choice", "metric": "accuracy", "minImprovement": 0.05},
+        "selectBy": {"benchmark": "held-out", "metric": "rougeL"},
+    }
+    spec = _create(api_client, namespace, job)["spec"]
+    assert spec["evaluation"]["gate"]["metric"] == "accuracy"
+    listed = copy.deepcopy(JOB)
+    listed["metadata"]["name"] = "mcq-listed"
+    listed["spec"]["evaluation"] = {
+        "benchmarks": [{"name": "mcq", "type": "multipleChoice", "dataset": "pvc://data/c.jsonl"}],
+        "gate": {"benchmark": "mcq", "metric": "accuracyNorm"},
+    }
+    (benchmark,) = _create(api_client, namespace, listed)["spec"]["evaluation"]["benchmarks"]
+    assert benchmark["type"] == "multipleChoice"
+
+
 def test_examples_are_accepted_and_defaulted(api_client: client.ApiClient, namespace: str) -> None:
     created = {}
     for path in sorted((ROOT / "examples").glob("*.yaml")):
@@ -390,7 +470,10 @@ def test_examples_are_accepted_and_defaulted(api_client: client.ApiClient, names
     assert job["evaluation"]["heldOutFraction"] == 0.05
     assert job["evaluation"]["gate"] == {"benchmark": "held-out", "metric": "nll", "minImprovement": 0.05}
     run = created["SyntheticDataRun"]["spec"]
-    assert run["evaluation"] == {"heldOutSeeds": 1}
+    assert run["evaluation"] == {
+        "heldOutSeeds": 1,
+        "multipleChoice": {"questionsPerChunk": 3, "pipeline": {}},
+    }
     assert run["suspend"] is False
     assert run["scale"]["samplesPerSeed"] == 30
 

@@ -165,8 +165,16 @@ def fake_reply(request: CompletionRequest) -> str | None:
     """A well-formed reply for each built-in prompt (told apart by its format instructions),
     unique per request seed."""
     prompt, n = request.prompt, request.seed
+    if "Marked answer:" in prompt:  # the multiple-choice judge: it rejects the answers marked D
+        return "Score: 0" if "Marked answer: D" in prompt else "Right, and the only one. Score: 1"
     if "Score:" in prompt:
         return "It is fine. Score: 3"
+    if "multiple-choice test" in prompt:
+        return "\n".join(
+            f"Question: Question {n}-{k}?\nA) Yes {k}\nB) No {k}\nC) Maybe {k}\nD) Unsure {k}\n"
+            f"Answer: {a}\n---"
+            for k, a in (("a", "B"), ("b", "E"), ("c", "D"))
+        )
     if '"Context: …", "Question: …" and "Answer: …"' in prompt:
         return f"Context: Country {n} has capital City {n}.\nQuestion: Which capital?\nAnswer: City {n}."
     if '"Answer: …"' in prompt:

@@ -51,8 +51,11 @@ def test_text_and_score_parsers() -> None:
 def test_builtin_pipelines_load_with_their_prompts() -> None:
     for name in pipeline.BUILTIN:
         loaded = pipeline.load_builtin(name)
-        assert set(loaded.flows) == {"knowledge", "freeform_skill", "grounded_skill"}
+        writes_choices = name == "multiple-choice"
+        expected = {"knowledge"} if writes_choices else {"knowledge", "freeform_skill", "grounded_skill"}
+        assert set(loaded.flows) == expected
         for flow in loaded.flows.values():
+            assert flow.output == ("choice" if writes_choices else "sample")
             assert all(b.prompt for b in flow.blocks if isinstance(b, GenerateBlock | JudgeBlock))
     full = pipeline.load_builtin("full")
     judges = [b.name for b in full.flows["knowledge"].blocks if isinstance(b, JudgeBlock)]

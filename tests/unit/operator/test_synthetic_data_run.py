@@ -11,7 +11,12 @@ from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs
 from labtune.contract import write_summary
 from labtune.contract.generate import GenerateSummary
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.synthetic_data_run import SyntheticDataRunKind, build_generate_config
+from labtune.operator.synthetic_data_run import (
+    CHOICE_PIPELINE_DIR,
+    SyntheticDataRunKind,
+    build_generate_config,
+    build_generator_children,
+)
 
 TAXONOMY = Taxonomy.model_validate(
     {
@@ -64,3 +69,48 @@ def test_the_evaluation_dataset_is_recorded_in_status(tmp_path: Path) -> None:
         "sha256": "e" * 64,
     }
     assert set(status["outputs"]) == {"knowledge", "skills", "evaluation"}
+
+
+def test_multiple_choice_questions_reach_the_pod_with_their_pipeline() -> None:
+    assert _config(_run()).multiple_choice is None
+    builtin = _config(_run(evaluation={"multipleChoice": {}})).multiple_choice
+    assert builtin.questions_per_chunk == 3
+    assert builtin.pipeline.builtin == "multiple-choice"
+    custom = _run(
+        evaluation={
+            "heldOutSeeds": 1,
+            "multipleChoice": {
+                "questionsPerChunk": 5,
+                "pipeline": {"configMapRef": {"name": "mcq", "key": "p.yaml"}},
+            },
+        }
+    )
+    config = _config(custom)
+    assert config.evaluation.held_out_seeds == 1
+    assert config.multiple_choice.questions_per_chunk == 5
+    assert config.multiple_choice.pipeline.path == f"{CHOICE_PIPELINE_DIR}/pipeline.yaml"
+    _, job = build_generator_children(
+        {
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
+            "kind": "SyntheticDataRun",
+            "apiVersion": "labtune.io/v1alpha1",
+        },
+        custom,
+        TAXONOMY,
+        config,
+        OperatorSettings(),
+    )
+    pod = job["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == CHOICE_PIPELINE_DIR)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == "mcq"
+    assert volume["configMap"]["items"] == [{"key": "p.yaml", "path": "pipeline.yaml"}]
+
+
+def test_the_multiple_choice_dataset_is_recorded_in_status(tmp_path: Path) -> None:
+    outputs = GenerationOutputs(
+        knowledge=_dataset("knowledge", 10, "a"), evaluation_choices=_dataset("evaluation-choices", 7, "c")
+    )
+    summary = GenerateSummary(taxonomy_commit="a" * 40, teacher_model="m", outputs=outputs)
+    status = SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
+    assert status["outputs"]["evaluationChoices"]["samples"] == 7

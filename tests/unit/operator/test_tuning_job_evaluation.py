@@ -21,9 +21,11 @@ from labtune.contract import write_summary
 from labtune.contract.train import TrainSummary
 from labtune.operator.metrics import EvaluationScores
 from labtune.operator.runs import CannotRun, KindCondition
-from labtune.operator.tuning_job import TuningJobKind, resolve_evaluation
+from labtune.operator.tuning_job import EvaluationDatasets, TuningJobKind, resolve_evaluation
 
 HELD_OUT = "pvc://claim/datasets/evaluation.jsonl"
+CHOICES = "pvc://claim/datasets/evaluation-choices.jsonl"
+BOTH: EvaluationDatasets = {"reference": HELD_OUT, "multipleChoice": CHOICES}
 
 
 def _spec(**fields: Any) -> EvaluationSpec:
@@ -31,41 +33,69 @@ def _spec(**fields: Any) -> EvaluationSpec:
 
 
 @pytest.mark.parametrize(
-    ("spec", "dataset", "expected"),
+    ("spec", "datasets", "expected"),
     [
-        ({}, HELD_OUT, [("held-out", HELD_OUT)]),
-        ({}, None, []),
-        ({"benchmarks": []}, HELD_OUT, []),
+        ({}, {"reference": HELD_OUT}, [("held-out", "reference", HELD_OUT)]),
+        ({}, {"multipleChoice": CHOICES}, [("multiple-choice", "multipleChoice", CHOICES)]),
+        (
+            {},
+            BOTH,
+            [("held-out", "reference", HELD_OUT), ("multiple-choice", "multipleChoice", CHOICES)],
+        ),
+        ({}, {}, []),
+        ({"benchmarks": []}, BOTH, []),
         (
             {"benchmarks": [{"name": "mine", "dataset": "pvc://c/q.jsonl"}]},
-            None,
-            [("mine", "pvc://c/q.jsonl")],
+            {},
+            [("mine", "reference", "pvc://c/q.jsonl")],
         ),
         (
-            {"benchmarks": [{"name": "a"}, {"name": "b", "dataset": "pvc://c/b.jsonl"}]},
-            HELD_OUT,
-            [("a", HELD_OUT), ("b", "pvc://c/b.jsonl")],
+            {
+                "benchmarks": [
+                    {"name": "a"},
+                    {"name": "b", "dataset": "pvc://c/b.jsonl"},
+                    {"name": "c", "type": "multipleChoice"},
+                ]
+            },
+            BOTH,
+            [
+                ("a", "reference", HELD_OUT),
+                ("b", "reference", "pvc://c/b.jsonl"),
+                ("c", "multipleChoice", CHOICES),
+            ],
         ),
     ],
 )
 def test_benchmarks_reach_the_trainer_with_their_datasets(
-    spec: dict[str, Any], dataset: str | None, expected: list[tuple[str, str]]
+    spec: dict[str, Any], datasets: EvaluationDatasets, expected: list[tuple[str, str, str]]
 ) -> None:
-    resolved = resolve_evaluation(_spec(**spec), dataset)
+    resolved = resolve_evaluation(_spec(**spec), datasets)
     assert isinstance(resolved, EvaluationSpec)
-    assert [(b.name, b.dataset) for b in resolved.benchmarks or []] == expected
+    assert [(b.name, b.type, b.dataset) for b in resolved.benchmarks or []] == expected
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"gate": {"benchmark": "held-out"}}, "sets a gate or selectBy on the held-out benchmark"),
-        ({"selectBy": {"benchmark": "held-out"}}, "set spec.evaluation.heldOutSeeds"),
-        ({"benchmarks": [{"name": "a"}]}, "benchmark a has no dataset"),
+        (
+            {"gate": {"benchmark": "held-out"}},
+            "evaluation.gate names the default benchmark held-out, but the SyntheticDataRun wrote no "
+            "dataset for it: set spec.evaluation.heldOutSeeds on it",
+        ),
+        (
+            {"selectBy": {"benchmark": "multiple-choice", "metric": "accuracy"}},
+            "evaluation.selectBy names the default benchmark multiple-choice, but the SyntheticDataRun "
+            "wrote no dataset for it: set spec.evaluation.multipleChoice on it",
+        ),
+        (
+            {"benchmarks": [{"name": "a", "type": "multipleChoice"}]},
+            "benchmark a has no dataset and the SyntheticDataRun wrote no multipleChoice evaluation "
+            "dataset: set spec.evaluation.multipleChoice on it",
+        ),
     ],
 )
 def test_a_gate_without_questions_cannot_run(spec: dict[str, Any], message: str) -> None:
-    resolved = resolve_evaluation(_spec(**spec), None)
+    resolved = resolve_evaluation(_spec(**spec), {"reference": HELD_OUT} if "benchmarks" in spec else {})
     assert isinstance(resolved, CannotRun)
     assert resolved.reason == "NoEvaluationDataset"
     assert message in resolved.message

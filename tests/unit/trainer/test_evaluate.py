@@ -485,8 +485,8 @@ K1 = json.dumps(
         ),
         (
             lambda tmp: {"benchmarks": [_lines(tmp / "c.jsonl", ONE_CHOICE) | {"type": "multipleChoice"}]},
-            "{tmp}/c.jsonl:1: not a multiple-choice example: choices: List should have at least 2 "
-            "items after validation, not 1; answer: Field required",
+            "dataset {tmp}/c.jsonl line 1: choices: List should have at least 2 items after "
+            "validation, not 1",
         ),
         (lambda tmp: {"output": f"{tmp}/file"}, "output {tmp}/file is a file, not a folder"),
         (

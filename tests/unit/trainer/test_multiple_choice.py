@@ -13,7 +13,8 @@ import yaml
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from labtune.contract import ConfigError
-from labtune.trainer.multiple_choice import read_choices, score_choices, task_config
+from labtune.trainer.multiple_choice import score_choices, task_config
+from labtune.trainer.records import read_choices
 
 
 def _loglikelihood(
@@ -81,7 +82,7 @@ def test_the_task_yaml_runs_with_lm_eval_directly(
         ('{"id": "a", "leaf": "l", "question": "q", "choices": ["x"], "answer": 0}', "choices"),
         ('{"id": "a", "leaf": "l", "question": "q", "choices": ["x", "y"], "answer": 2}', "not the index"),
         ('{"id": "a", "leaf": "l", "question": "", "choices": ["x", "y"], "answer": 0}', "question"),
-        ("not json", "not a multiple-choice example"),
+        ("not json", "not JSON"),
         (
             '{"id": "g", "leaf": "l", "question": "q", "choices": ["x", "y"], "answer": 0}',
             "id 'g' repeats line 1",
@@ -92,11 +93,11 @@ def test_a_bad_line_is_named_with_its_file_and_line(tmp_path: Path, line: str, w
     good = json.dumps({"id": "g", "leaf": "l", "question": "q", "choices": ["x", "y"], "answer": 1})
     path = tmp_path / "choices.jsonl"
     path.write_text(f"{good}\n{line}\n")
-    with pytest.raises(ConfigError, match=rf"choices.jsonl:2: .*{words}"):
+    with pytest.raises(ConfigError, match=rf"choices.jsonl line 2: .*{words}"):
         read_choices(path)
 
 
 def test_an_empty_dataset_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "choices.jsonl").write_text("\n")
-    with pytest.raises(ConfigError, match="holds no example"):
+    with pytest.raises(ConfigError, match="has no multiple-choice examples"):
         read_choices(tmp_path / "choices.jsonl")

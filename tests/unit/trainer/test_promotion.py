@@ -29,6 +29,8 @@ from .conftest import write_jsonl
         ("nll", 0.5, 2.0, -1.5),
         ("rougeL", 0.2, 0.7, 0.5),
         ("exactMatch", 0.5, 0.25, -0.25),
+        ("accuracy", 0.25, 0.75, 0.5),
+        ("accuracyNorm", 0.5, 0.25, -0.25),
     ],
 )
 def test_improvement_is_positive_when_the_tuned_model_is_better(
@@ -138,6 +140,37 @@ def test_by_default_the_lowest_eval_loss_checkpoint_is_scored_against_the_base(
     assert len(lines) == 2 * 6
 
 
+def test_a_multiple_choice_benchmark_chooses_the_checkpoint_and_gates_by_accuracy(
+    tmp_path: Path, write_config: Callable[..., Path], one_phase: dict[str, Any], choices_dataset: Path
+) -> None:
+    """The TuningJob's multipleChoice benchmark runs lm-eval on the base and every candidate."""
+    one_phase["evaluation"]["benchmarks"].append(
+        {"name": "choices", "type": "multipleChoice", "dataset": str(choices_dataset)}
+    )
+    one_phase["evaluation"]["selectBy"] = {"benchmark": "choices", "metric": "accuracyNorm"}
+    one_phase["evaluation"]["gate"] = {"benchmark": "choices", "metric": "accuracy", "minImprovement": -1}
+    assert run(write_config(**one_phase)) == 0
+    evaluation = _summary(tmp_path).evaluation
+    assert evaluation is not None
+    held_out, choices = evaluation.benchmarks
+    assert (choices.name, choices.examples) == ("choices", len(choices_dataset.read_text().splitlines()))
+    for scores in (choices.base, choices.tuned):
+        assert scores.accuracy is not None
+        assert scores.accuracy_norm is not None
+        assert scores.nll is None
+    assert held_out.tuned.nll is not None
+    written = EvaluateSummary.model_validate_json((tmp_path / "out/evaluation/summary.json").read_text())
+    candidates = {name: s for name, s in written.benchmarks[1].models.items() if name != "base"}
+    assert evaluation.checkpoint.candidates == len(candidates) > 1
+    assert evaluation.checkpoint.selected_by == "choices/accuracyNorm"
+    assert evaluation.checkpoint.value == max(s.accuracy_norm or 0 for s in candidates.values())
+    gate = evaluation.gate
+    assert gate is not None
+    assert (gate.metric, gate.base, gate.tuned) == ("accuracy", choices.base.accuracy, choices.tuned.accuracy)
+    assert gate.passed
+    assert (tmp_path / "out/evaluation/lm-eval").is_dir()  # the task YAML, to rerun it by hand
+
+
 def test_select_by_scores_every_kept_checkpoint_and_exports_the_best(
     tmp_path: Path, write_config: Callable[..., Path], one_phase: dict[str, Any]
 ) -> None:
@@ -205,6 +238,24 @@ def test_a_gate_the_tuned_model_does_not_clear_is_reported_not_an_error(
         ({"benchmarks": [{"name": "b", "dataset": "MISSING"}]}, "No such file or directory"),
         ({"benchmarks": [{"name": "b", "dataset": "EMPTY"}]}, "no examples"),
         ({"benchmarks": [{"name": "b", "dataset": "NO_ANSWER"}]}, "answer"),
+        (
+            {
+                "benchmarks": [{"name": "b", "dataset": "DATA"}],
+                "gate": {"benchmark": "b", "metric": "accuracy"},
+            },
+            "evaluation.gate: benchmark b does not compute accuracy (nll needs a reference benchmark",
+        ),
+        (
+            {
+                "benchmarks": [{"name": "m", "type": "multipleChoice", "dataset": "DATA"}],
+                "selectBy": {"benchmark": "m", "metric": "nll"},
+            },
+            "benchmark m does not compute nll",
+        ),
+        (
+            {"benchmarks": [{"name": "m", "type": "multipleChoice", "dataset": "DATA"}]},
+            "evaluation.jsonl line 1: choices: Field required",
+        ),
     ],
 )
 def test_bad_benchmarks_fail_before_training_with_one_line(
