@@ -41,7 +41,7 @@ from labtune.generator.pipeline import Flow, GenerateBlock, Pipeline
 from labtune.generator.records import Record, SampleMetadata, read_replay, record_id, write_jsonl
 from labtune.generator.seeds import KnowledgeQna, chunk_rows, rows_for
 from labtune.generator.taxonomy import EMPTY_BASE, scan
-from labtune.generator.teacher import Teacher
+from labtune.generator.teacher import Teacher, make_teacher
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +76,6 @@ class Report(BaseModel):
     """The multiple-choice pipeline's stages per knowledge leaf (evaluation.multipleChoice)."""
     choice_failures: list[LeafFailure] = []
     """Knowledge leaves of which no multiple-choice question survived, and why."""
-
-
-def make_teacher(config: TeacherConfig, artifact_root: str, metrics: GeneratorMetrics) -> Teacher:
-    if config.backend == "transformers":
-        from labtune.generator.teacher_transformers import TransformersTeacher
-
-        return TransformersTeacher(
-            resolve_artifact(config.model, artifact_root), batch_size=config.batch_size, metrics=metrics
-        )
-    from labtune.generator.teacher_openai import OpenAITeacher
-
-    return OpenAITeacher(config, metrics)
 
 
 def token_counter(config: TeacherConfig, artifact_root: str, teacher: Teacher) -> TokenCounter:

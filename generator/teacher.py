@@ -1,11 +1,18 @@
-"""The one interface every teacher backend implements, and what flows through it."""
+"""The one interface every teacher backend implements, what flows through it, and the factory of
+the backends (the generator's teacher, and `labtune evaluate`'s judge)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
+
+from labtune.contract import resolve_artifact
+
+if TYPE_CHECKING:
+    from labtune.contract.generate import TeacherConfig
+    from labtune.generator.metrics import GeneratorMetrics
 
 
 class TeacherError(Exception):
@@ -44,3 +51,16 @@ class Teacher(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def make_teacher(config: TeacherConfig, artifact_root: str, metrics: GeneratorMetrics) -> Teacher:
+    """The backend the config names (the in-process one loads its model now)."""
+    if config.backend == "transformers":
+        from labtune.generator.teacher_transformers import TransformersTeacher
+
+        return TransformersTeacher(
+            resolve_artifact(config.model, artifact_root), batch_size=config.batch_size, metrics=metrics
+        )
+    from labtune.generator.teacher_openai import OpenAITeacher
+
+    return OpenAITeacher(config, metrics)

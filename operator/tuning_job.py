@@ -22,6 +22,7 @@ from labtune.api.tuning_job import (
     TuningEvaluation,
 )
 from labtune.contract import metrics as m
+from labtune.contract.evaluate import JUDGE_CA_DIR, judge_api_key_env
 from labtune.contract.train import Datasets, Distributed, ModelSource, TrainConfig, TrainSummary
 from labtune.operator.jobs import build_config_map, build_headless_service, build_job
 from labtune.operator.kube import Kube
@@ -34,7 +35,7 @@ from labtune.operator.naming import (
     selector,
     service_name,
 )
-from labtune.operator.podspec import CONFIG_PATH, PodRequest, build_pod_template
+from labtune.operator.podspec import CONFIG_PATH, FileMount, PodRequest, build_pod_template
 from labtune.operator.runs import CannotRun, Finished, KindCondition, Plan, Waiting
 from labtune.operator.scrape import Samples
 from labtune.operator.settings import OperatorSettings
@@ -146,6 +147,24 @@ def _rendezvous_env(job: TuningJob, job_name: str, service: str) -> tuple[dict[s
     )
 
 
+def _judge_credentials(config: TrainConfig) -> tuple[tuple[dict[str, Any], ...], tuple[FileMount, ...]]:
+    """Each judge's API key (an env var from its Secret, the name `labtune evaluate` reads) and CA
+    bundle (a Secret volume where it looks): the operator never reads either."""
+    env: list[dict[str, Any]] = []
+    files: list[FileMount] = []
+    for benchmark in config.evaluation.benchmarks or []:
+        endpoint = benchmark.judge.endpoint if benchmark.judge else None
+        if endpoint and endpoint.api_key_secret_ref:
+            ref = endpoint.api_key_secret_ref
+            key = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+            env.append({"name": judge_api_key_env(benchmark.name), "valueFrom": key})
+        if endpoint and endpoint.ca_secret_ref:
+            ref = endpoint.ca_secret_ref
+            folder = f"{JUDGE_CA_DIR}/{benchmark.name}"
+            files.append(FileMount("secret", ref.name, folder, ((ref.key, "ca.crt"),)))
+    return tuple(env), tuple(files)
+
+
 def build_trainer_children(
     body: Mapping[str, Any], job: TuningJob, config: TrainConfig, settings: OperatorSettings
 ) -> tuple[dict[str, Any], ...]:
@@ -160,6 +179,7 @@ def build_trainer_children(
         *(b.dataset for b in config.evaluation.benchmarks or [] if b.dataset),
     ]
     distributed = resources.nodes > 1
+    judge_env, judge_files = _judge_credentials(config)
     request = PodRequest(
         component=COMPONENT,
         image=settings.trainer_image,
@@ -168,7 +188,8 @@ def build_trainer_children(
         scheduling=resources,
         gpus=resources.gpus_per_node,
         artifact_uris=tuple(uris),
-        env=_rendezvous_env(job, name, service),
+        env=_rendezvous_env(job, name, service) + judge_env,
+        files=judge_files,
         subdomain=service if distributed else None,
         grace_seconds=TRAINER_GRACE_SECONDS,
     )

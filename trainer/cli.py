@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from labtune.contract import (
     EXIT_CONFIG_ERROR,
+    EXIT_FAILED,
     EXIT_PREEMPTED,
     ConfigError,
     load_config,
@@ -30,6 +31,7 @@ from labtune.contract import (
 from labtune.contract.common import check_metrics_port, check_termination_log, output_path
 from labtune.contract.evaluate import EvaluateConfig, Examples, from_spec
 from labtune.contract.train import TrainConfig, TrainSummary
+from labtune.trainer.judge import JudgeError
 from labtune.trainer.records import read_benchmark
 
 log = logging.getLogger("labtune.trainer")
@@ -76,6 +78,9 @@ def run(config_path: Path) -> int:
     except ConfigError as error:
         click.echo(f"labtune train: {error}", err=True)
         code = EXIT_CONFIG_ERROR
+    except JudgeError as error:  # after training: the checkpoints stay, a restart evaluates again
+        click.echo(f"labtune train: {error}", err=True)
+        code = EXIT_FAILED
     record_exit(code)
     return code
 
@@ -180,6 +185,9 @@ def run_evaluation(config_path: Path) -> int:
     except ConfigError as error:
         click.echo(f"labtune evaluate: {error}", err=True)
         return EXIT_CONFIG_ERROR
+    except JudgeError as error:
+        click.echo(f"labtune evaluate: {error}", err=True)
+        return EXIT_FAILED
 
 
 def _check_evaluation_inputs(config: EvaluateConfig) -> dict[str, Examples]:

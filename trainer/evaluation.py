@@ -43,6 +43,7 @@ from labtune.contract.evaluate import (
 )
 from labtune.contract.train import ModelSource
 from labtune.trainer.digests import file_sha256
+from labtune.trainer.judge import grade
 from labtune.trainer.layout import write_text_atomic
 from labtune.trainer.masking import TokenizedSample, tokenize_sample
 from labtune.trainer.metrics import EvaluationMetrics
@@ -253,6 +254,7 @@ def scores(results: list[ExampleResult]) -> EvalScores:
         exact_match=_mean([fraction(r.exact_match) for r in results]),
         contains=_mean([fraction(r.contains) for r in results]),
         rouge_l=_mean([r.rouge_l for r in results]),
+        judge=_mean([r.judge for r in results]),
         accuracy=_mean([fraction(r.correct) for r in results]),
         accuracy_norm=_mean([fraction(r.correct_norm) for r in results]),
     )
@@ -334,7 +336,31 @@ def evaluate(config: EvaluateConfig, examples: dict[str, Examples], stop: StopRe
             gc.collect()  # the group's model, before the next one loads
     finally:
         metrics.close()
+    _judge(config, examples, results)
     return _write(config, examples, results, time.monotonic() - started)
+
+
+def _judge(
+    config: EvaluateConfig, examples: dict[str, Examples], results: dict[tuple[str, str], list[ExampleResult]]
+) -> None:
+    """Each judged benchmark's answers, every model's at once (the models are unloaded by now, so
+    an in-process judge has the memory), graded by its judge; JudgeError when one fails."""
+    for benchmark in config.benchmarks:
+        if not isinstance(benchmark, ReferenceBenchmark) or benchmark.judge is None:
+            continue
+        began = time.monotonic()
+        answered = [r for m in config.models for r in results[(m.name, benchmark.name)]]
+        grade(
+            benchmark.name,
+            benchmark.judge,
+            config.artifact_root,
+            _references(examples[benchmark.name]),
+            answered,
+        )
+        for model in config.models:
+            rated = scores(results[(model.name, benchmark.name)]).judge
+            log.info("judge of %s rates model %s %s", benchmark.name, model.name, rated)
+        log.info("judge of %s: %d answers in %.1f s", benchmark.name, len(answered), time.monotonic() - began)
 
 
 def _references(examples: Examples) -> list[EvalExample]:

@@ -22,7 +22,7 @@ from labtune.api.base import (
     rules,
 )
 from labtune.api.resource import PrinterColumn, Resource
-from labtune.api.synthetic_data_run import DatasetOutput
+from labtune.api.synthetic_data_run import DatasetOutput, TeacherEndpoint
 
 
 class BaseModelSpec(ApiModel):
@@ -125,10 +125,11 @@ def _default_phases() -> list[Phase]:
     ]
 
 
-Metric = Literal["nll", "exactMatch", "contains", "rougeL", "accuracy", "accuracyNorm"]
+Metric = Literal["nll", "exactMatch", "contains", "rougeL", "judge", "accuracy", "accuracyNorm"]
 """A benchmark score: `nll` (mean per-token negative log-likelihood of the reference answers, lower
-is better), `exactMatch`, `contains`, `rougeL` (of the generated answers), `accuracy`,
-`accuracyNorm` (of multiple-choice answers; higher is better)."""
+is better), `exactMatch`, `contains`, `rougeL` (of the generated answers), `judge` (a judge
+model's mean rating of them, 1 to 10), `accuracy`, `accuracyNorm` (of multiple-choice answers;
+higher is better)."""
 
 BenchmarkType = Literal["reference", "multipleChoice"]
 
@@ -142,10 +143,28 @@ MULTIPLE_CHOICE_BENCHMARK = "multiple-choice"
 DEFAULT_BENCHMARKS = (HELD_OUT_BENCHMARK, MULTIPLE_CHOICE_BENCHMARK)
 
 
+class JudgeSpec(ApiModel):
+    """A judge model grading each generated answer 1 to 10 against its reference answer
+    (InstructLab's MT-Bench-branch), over an OpenAI-compatible API."""
+
+    endpoint: TeacherEndpoint
+    """The judge's server; its API key and CA reach the trainer pod only through secretKeyRef and a
+    Secret volume."""
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    """Requests in flight at once."""
+
+
 class BenchmarkSpec(ApiModel):
     """Questions that the base model, the candidate checkpoints and the output are scored on
     after training: with reference answers (the generator's `evaluation.jsonl`), or multiple
     choice (its `evaluation-choices.jsonl`, scored by lm-evaluation-harness)."""
+
+    model_config = model_rules(
+        cel(
+            "!has(self.judge) || (self.type == 'reference' && self.generation)",
+            "a judge grades generated answers: it needs type reference and generation",
+        )
+    )
 
     name: LabelName
     """Unique within the job; gates and checkpoint choice name it."""
@@ -163,17 +182,22 @@ class BenchmarkSpec(ApiModel):
     """Longest generated answer."""
     system_prompt: LongText | None = None
     """The system turn the training samples had (none with the shipped pipelines)."""
+    judge: JudgeSpec | None = None
+    """Grade the generated answers with a judge model (`judge`); reference benchmarks with
+    generation only."""
 
     def computes(self, metric: Metric) -> bool:
         """Whether the benchmark scores `metric` (the CEL rule `_metric_computed` says the same)."""
         if self.type == "multipleChoice":
             return metric in CHOICE_METRICS
+        if metric == "judge":
+            return self.judge is not None
         return self.likelihood if metric == "nll" else metric in GENERATION_METRICS and self.generation
 
 
 METRIC_NEEDS = (
     "nll needs a reference benchmark with likelihood, exactMatch, contains and rougeL one with "
-    "generation, accuracy and accuracyNorm a multipleChoice benchmark"
+    "generation, judge one with a judge, accuracy and accuracyNorm a multipleChoice benchmark"
 )
 """What each metric needs of its benchmark, for messages."""
 
@@ -212,7 +236,8 @@ def _metric_computed(field: str) -> dict[str, str]:
     return cel(
         f"!has(self.{field}) || (has(self.benchmarks) ? self.benchmarks.all(b, "
         f"b.name != self.{field}.benchmark || ({choice} ? b.type == 'multipleChoice' : "
-        f"b.type == 'reference' && ({metric} == 'nll' ? b.likelihood : b.generation))) : "
+        f"b.type == 'reference' && ({metric} == 'nll' ? b.likelihood : "
+        f"{metric} == 'judge' ? has(b.judge) : b.generation))) : "
         f"(self.{field}.benchmark == '{MULTIPLE_CHOICE_BENCHMARK}') == ({choice}))",
         f"evaluation.{field}: its benchmark does not compute that metric ({METRIC_NEEDS})",
     )
@@ -405,6 +430,8 @@ class EvalScores(ApiModel):
     """Fraction of multiple-choice questions answered right (by lm-evaluation-harness)."""
     accuracy_norm: float | None = None
     """The same, each choice's log-likelihood divided by its length."""
+    judge: float | None = None
+    """Mean rating of the generated answers by a judge model, 1 to 10."""
 
     def get(self, metric: Metric) -> float | None:
         return {
@@ -412,6 +439,7 @@ class EvalScores(ApiModel):
             "exactMatch": self.exact_match,
             "contains": self.contains,
             "rougeL": self.rouge_l,
+            "judge": self.judge,
             "accuracy": self.accuracy,
             "accuracyNorm": self.accuracy_norm,
         }[metric]

@@ -10,6 +10,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from labtune.api.tuning_job import BenchmarkSpec, EvalScores
 from labtune.contract.common import ContractModel, LeafType, PodConfig
+from labtune.contract.generate import TeacherConfig
 from labtune.contract.train import ModelSource
 
 
@@ -53,6 +54,15 @@ class Generation(ContractModel):
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
 
 
+class JudgeConfig(ContractModel):
+    """A judge model grading each generated answer 1 to 10 against its reference answer
+    (MT-Bench-branch style): an OpenAI-compatible endpoint, or a model in-process (transformers)."""
+
+    teacher: TeacherConfig
+    """The judge's backend, as a generator's teacher: url, model, API key, CA, concurrency,
+    deadlines and retries."""
+
+
 class ReferenceBenchmark(ContractModel):
     """Questions with reference answers (EvalExample JSONL, the generator's `evaluation.jsonl`).
     Each question is asked as the training data asks it: the grounded skill's context, a blank
@@ -68,11 +78,15 @@ class ReferenceBenchmark(ContractModel):
     likelihood: bool = True
     """Mean per-token negative log-likelihood of each reference answer given its question."""
     generation: Generation = Field(default_factory=Generation)
+    judge: JudgeConfig | None = None
+    """Grade the generated answers with a judge model (`judge`, the mean rating)."""
 
     @model_validator(mode="after")
     def _scores_something(self) -> ReferenceBenchmark:
         if not self.likelihood and not self.generation.enabled:
             raise ValueError(f"benchmark {self.name} scores nothing: enable likelihood or generation")
+        if self.judge is not None and not self.generation.enabled:
+            raise ValueError(f"benchmark {self.name}: a judge grades generated answers: enable generation")
         return self
 
 
@@ -105,6 +119,31 @@ Benchmark = Annotated[
 """Every kind of benchmark, told apart by `type`."""
 
 
+JUDGE_CA_DIR = "/var/run/secrets/labtune/judges"
+"""Where the operator mounts each judge's CA bundle in the trainer pod: `<dir>/<benchmark>/ca.crt`."""
+
+
+def judge_api_key_env(benchmark: str) -> str:
+    """The variable the operator fills from a judge's apiKeySecretRef in the trainer pod."""
+    return f"LABTUNE_JUDGE_API_KEY_{benchmark.upper().replace('-', '_')}"
+
+
+def _judge(spec: BenchmarkSpec) -> JudgeConfig | None:
+    if spec.judge is None:
+        return None
+    endpoint = spec.judge.endpoint
+    return JudgeConfig(
+        teacher=TeacherConfig(
+            model=endpoint.model,
+            url=endpoint.url,
+            api_key_env=judge_api_key_env(spec.name) if endpoint.api_key_secret_ref else None,
+            ca_file=f"{JUDGE_CA_DIR}/{spec.name}/ca.crt" if endpoint.ca_secret_ref else None,
+            max_concurrency=spec.judge.max_concurrency,
+            max_reply_bytes=endpoint.max_reply_bytes,
+        )
+    )
+
+
 def from_spec(spec: BenchmarkSpec) -> Benchmark:
     """`labtune evaluate`'s form of a TuningJob's benchmark."""
     dataset = spec.dataset or ""  # TrainConfig's check: every benchmark has one
@@ -117,6 +156,7 @@ def from_spec(spec: BenchmarkSpec) -> Benchmark:
         system_prompt=spec.system_prompt,
         likelihood=spec.likelihood,
         generation=Generation(enabled=spec.generation, max_new_tokens=spec.max_new_tokens),
+        judge=_judge(spec),
     )
 
 
@@ -166,6 +206,8 @@ class ExampleResult(ContractModel):
     """A multiple-choice question answered right (the likeliest choice is the answer)."""
     correct_norm: bool | None = None
     """The same with each choice's log-likelihood divided by its length in bytes."""
+    judge: float | None = None
+    """The judge's rating of the generated answer, 1 to 10 (absent: no judge, or no rating)."""
 
 
 class BenchmarkScores(ContractModel):

@@ -100,6 +100,11 @@ class TrainConfig(PodConfig):
         for benchmark in benchmarks:
             if benchmark.dataset is None:
                 raise ValueError(f"evaluation.benchmarks {benchmark.name}: set its dataset")
+            if benchmark.judge is not None and not (benchmark.type == "reference" and benchmark.generation):
+                raise ValueError(
+                    f"evaluation.benchmarks {benchmark.name}: a judge grades generated answers: it needs "
+                    "type reference and generation"
+                )
         by_name = {benchmark.name: benchmark for benchmark in benchmarks}
         for field, ref in (("selectBy", self.evaluation.select_by), ("gate", self.evaluation.gate)):
             if ref is None:

@@ -389,6 +389,36 @@ BAD_INPUT = [
         id="job-unknown-benchmark-type",
     ),
     pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [
+                    {
+                        "name": "mine",
+                        "dataset": "pvc://data/q.jsonl",
+                        "generation": False,
+                        "judge": {"endpoint": {"url": "http://judge:8000/v1", "model": "j"}},
+                    }
+                ]
+            },
+        ),
+        "a judge grades generated answers: it needs type reference and generation",
+        id="job-judge-without-generation",
+    ),
+    pytest.param(
+        JOB,
+        _set(
+            "evaluation",
+            {
+                "benchmarks": [{"name": "mine", "dataset": "pvc://data/q.jsonl"}],
+                "gate": {"benchmark": "mine", "metric": "judge"},
+            },
+        ),
+        "evaluation.gate: its benchmark does not compute that metric",
+        id="job-gate-judge-without-a-judge",
+    ),
+    pytest.param(
         RUN,
         _set(
             "evaluation",

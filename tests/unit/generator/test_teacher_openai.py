@@ -4,17 +4,13 @@ concurrency, retries, rejections, API key, chat and completions."""
 from __future__ import annotations
 
 import asyncio
-import json
-import ssl
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from openai_server import Script
+from openai_server import serve as _serve
 
 from labtune.contract import ConfigError
 from labtune.contract.generate import TeacherConfig
@@ -24,79 +20,6 @@ from labtune.generator.teacher_openai import OpenAITeacher
 
 if TYPE_CHECKING:
     from conftest import TlsFiles
-
-
-class Script:
-    """What the server answers: `status` per prompt (default 200), a delay, and what it saw."""
-
-    def __init__(self) -> None:
-        self.status: dict[str, int] = {}
-        self.delay = 0.0
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.calls: list[tuple[str, dict[str, Any], str | None]] = []
-
-
-def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["prompt"] if "prompt" in body else body["messages"][-1]["content"]
-            with script.lock:
-                script.calls.append((self.path, body, self.headers.get("Authorization")))
-                script.in_flight += 1
-                script.max_in_flight = max(script.max_in_flight, script.in_flight)
-            time.sleep(script.delay)
-            with script.lock:
-                script.in_flight -= 1
-            status = script.status.get(prompt, 200)
-            usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-            choice = (
-                {"index": 0, "text": f"re: {prompt}", "finish_reason": "stop"}
-                if "prompt" in body
-                else {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": f"re: {prompt}"},
-                    "finish_reason": "stop",
-                }
-            )
-            reply = (
-                {
-                    "id": "x",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [choice],
-                    "usage": usage,
-                }
-                if status == 200
-                else {"error": {"message": "nope", "type": "invalid_request_error"}}
-            )
-            data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
-
-
-@contextmanager
-def _serve(tls: TlsFiles | None = None) -> Iterator[tuple[str, Script]]:
-    script = Script()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
-    if tls:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls.cert, tls.key)
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}/v1", script
-    httpd.shutdown()
 
 
 @pytest.fixture

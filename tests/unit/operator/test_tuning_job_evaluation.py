@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from labtune.api import TuningJob
 from labtune.api.tuning_job import (
     BenchmarkResult,
     ChosenCheckpoint,
@@ -18,10 +19,17 @@ from labtune.api.tuning_job import (
     TuningOutput,
 )
 from labtune.contract import write_summary
-from labtune.contract.train import TrainSummary
+from labtune.contract.evaluate import from_spec
+from labtune.contract.train import Datasets, TrainSummary
 from labtune.operator.metrics import EvaluationScores
 from labtune.operator.runs import CannotRun, KindCondition
-from labtune.operator.tuning_job import EvaluationDatasets, TuningJobKind, resolve_evaluation
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.tuning_job import (
+    EvaluationDatasets,
+    TuningJobKind,
+    build_trainer_plan,
+    resolve_evaluation,
+)
 
 HELD_OUT = "pvc://claim/datasets/evaluation.jsonl"
 CHOICES = "pvc://claim/datasets/evaluation-choices.jsonl"
@@ -231,3 +239,46 @@ def test_the_score_gauge_shows_the_latest_run_per_namespace_and_benchmark() -> N
     scores.forget("SyntheticDataRun", "other", "only")  # another kind of the same name: not this one
     assert samples()[("ml", "held-out", "nll", "tuned")] == 1.9
     assert ("other", "held-out", "nll", "tuned") in samples()
+
+
+def test_a_judge_gets_its_key_and_ca_from_secrets_where_the_trainer_reads_them() -> None:
+    judge = {
+        "endpoint": {
+            "url": "https://judge.models:8443/v1",
+            "model": "prometheus-8x7b",
+            "apiKeySecretRef": {"name": "judge-key", "key": "token"},
+            "caSecretRef": {"name": "judge-ca", "key": "ca.pem"},
+        },
+        "maxConcurrency": 4,
+    }
+    body = {
+        "apiVersion": "labtune.io/v1alpha1",
+        "kind": "TuningJob",
+        "metadata": {"name": "tj", "namespace": "ml", "uid": "0123456789"},
+        "spec": {
+            "baseModel": {"uri": "pvc://models/base"},
+            "data": {"knowledge": "pvc://data/k.jsonl", "skills": "pvc://data/s.jsonl"},
+            "evaluation": {
+                "benchmarks": [{"name": "held-out", "dataset": HELD_OUT, "judge": judge}],
+                "gate": {"benchmark": "held-out", "metric": "judge", "minImprovement": 0.5},
+            },
+        },
+    }
+    job = TuningJob.model_validate(body)
+    datasets = Datasets(knowledge="pvc://data/k.jsonl", skills="pvc://data/s.jsonl")
+    config, children = build_trainer_plan(body, job, datasets, job.spec.evaluation, OperatorSettings())
+    pod = children[-1]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    teacher = from_spec((config.evaluation.benchmarks or [])[0]).judge.teacher  # type: ignore[union-attr]
+    (key,) = [e for e in container["env"] if e["name"] == teacher.api_key_env]
+    assert key["valueFrom"] == {"secretKeyRef": {"name": "judge-key", "key": "token"}}
+    assert teacher.ca_file is not None
+    mount = next(m for m in container["volumeMounts"] if teacher.ca_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "judge-ca"
+    assert volume["secret"]["items"] == [{"key": "ca.pem", "path": "ca.crt"}]
+    assert (teacher.url, teacher.model, teacher.max_concurrency) == (
+        "https://judge.models:8443/v1",
+        "prometheus-8x7b",
+        4,
+    )

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from openai_server import serve
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -29,6 +30,7 @@ from labtune.contract.evaluate import (
 )
 from labtune.trainer.cli import run_evaluation
 from labtune.trainer.evaluation import messages, termination_summaries
+from labtune.trainer.judge import rating
 from labtune.trainer.launcher import STOP_FILE_ENV
 from labtune.trainer.masking import IGNORE_INDEX, tokenize_sample
 from labtune.trainer.metrics import EvaluationMetrics
@@ -325,6 +327,117 @@ def test_multiple_choice_is_scored_by_lm_eval_for_each_model_beside_the_referenc
         assert by_name["held-out"].models[name].accuracy is None
     task = tmp_path / "out" / "lm-eval" / "labtune_mcq_mcq.yaml"
     assert yaml.safe_load(task.read_text())["dataset_kwargs"]["data_files"]["test"] == str(choices)
+
+
+# --- the judge --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("Close to the reference. Rating: [[7]]", 7.0),
+        ("First [[3]], on reflection Rating: [[8]]", 8.0),
+        ("Rating: [[ 6.5 ]]", 6.5),
+        ("Rating: [[11]]", None),
+        ("Rating: [[0]]", None),
+        ("I rate it 7/10", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_rating_is_the_last_one_in_the_asked_form_from_1_to_10(
+    reply: str | None, expected: float | None
+) -> None:
+    assert rating(reply) == expected
+
+
+def _judge_reply(prompt: str) -> str:
+    """A judge that rates an answer 9 when it says the reference's first word, else 2, and says
+    nothing usable about the question on tonsils."""
+    reference = prompt.split("[Reference answer]\n", 1)[1].split("\n", 1)[0]
+    answer = prompt.split("[Assistant's answer]\n", 1)[1]
+    if "tonsils" in prompt:
+        return "I cannot tell."
+    return f"Compared. Rating: [[{9 if reference.split()[0] in answer else 2}]]"
+
+
+def test_a_judge_rates_every_generated_answer_with_the_key_and_the_concurrency_asked(
+    tmp_path: Path, evaluate_config: Callable[..., Path], dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUDGE_KEY", "s3cret")
+    with serve(reply=_judge_reply) as (url, script):
+        script.delay = 0.05
+        teacher = {"model": "judge", "url": url, "apiKeyEnv": "JUDGE_KEY", "maxConcurrency": 2}
+        benchmark = {
+            "type": "reference",
+            "name": "held-out",
+            "dataset": str(dataset),
+            "generation": {"maxNewTokens": 4},
+            "judge": {"teacher": teacher},
+        }
+        assert run_evaluation(evaluate_config(benchmarks=[benchmark])) == 0
+    results = _results(tmp_path / "out")
+    assert len(script.calls) == len(results) == 2 * 4  # every model's answers, one request each
+    assert 1 < script.max_in_flight <= 2
+    assert {auth for _, _, auth in script.calls} == {"Bearer s3cret"}
+    prompts = [body["messages"][-1]["content"] for _, body, _ in script.calls]
+    questions = {e["id"]: e["question"] for e in _examples()}
+    for result in results:
+        answered = f"[Assistant's answer]\n{result.generated or '(no answer)'}"
+        asked = next(p for p in prompts if answered in p and f"{questions[result.id]}\n\n[Reference" in p)
+        assert result.judge == (None if "tonsils" in asked else float(_judge_reply(asked)[-3]))
+    summary = EvaluateSummary.model_validate_json((tmp_path / "termination-log").read_text())
+    for name, scores in summary.benchmarks[0].models.items():
+        rated = [r.judge for r in results if r.model == name and r.judge is not None]
+        assert len(rated) == 3  # the tonsils answer is unrated, not a 0
+        assert scores.judge == pytest.approx(sum(rated) / 3, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (
+            lambda prompt: "A fine answer, I would say.",
+            "labtune evaluate: judge judge of benchmark held-out gave no rating in the form 'Rating: "
+            "[[N]]' (N from 1 to 10) for any of 8 answers; first reply: 'A fine answer, I would say.'",
+        ),
+        (lambda prompt: "Rating: [[42]]", "first reply: 'Rating: [[42]]'"),
+    ],
+)
+def test_a_judge_that_rates_nothing_is_one_line_and_exit_1(
+    tmp_path: Path,
+    evaluate_config: Callable[..., Path],
+    dataset: Path,
+    reply: Callable[[str], str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with serve(reply=reply) as (url, _):
+        judge = {"teacher": {"model": "judge", "url": url, "apiKeyEnv": None}}
+        benchmark = {"type": "reference", "name": "held-out", "dataset": str(dataset), "judge": judge}
+        assert (
+            run_evaluation(evaluate_config(benchmarks=[benchmark | {"generation": {"maxNewTokens": 2}}])) == 1
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert message in err[0]
+    assert not (tmp_path / "termination-log").exists()
+
+
+def test_an_unreachable_judge_is_one_line_and_exit_1(
+    evaluate_config: Callable[..., Path], dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher = {"model": "judge", "url": "http://127.0.0.1:9/v1", "maxRetries": 0, "apiKeyEnv": None}
+    benchmark = {
+        "type": "reference",
+        "name": "held-out",
+        "dataset": str(dataset),
+        "judge": {"teacher": teacher},
+    }
+    assert run_evaluation(evaluate_config(benchmarks=[benchmark | {"generation": {"maxNewTokens": 2}}])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("labtune evaluate: judge of benchmark held-out: ")
 
 
 def test_likelihood_only_leaves_out_the_generation_scores(

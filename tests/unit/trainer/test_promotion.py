@@ -256,6 +256,24 @@ def test_a_gate_the_tuned_model_does_not_clear_is_reported_not_an_error(
             {"benchmarks": [{"name": "m", "type": "multipleChoice", "dataset": "DATA"}]},
             "evaluation.jsonl line 1: choices: Field required",
         ),
+        (
+            {"benchmarks": [{"name": "b", "dataset": "DATA"}], "gate": {"benchmark": "b", "metric": "judge"}},
+            "evaluation.gate: benchmark b does not compute judge",
+        ),
+        (
+            {
+                "benchmarks": [
+                    {
+                        "name": "b",
+                        "dataset": "DATA",
+                        "generation": False,
+                        "judge": {"endpoint": {"url": "http://judge:8000/v1", "model": "j"}},
+                    }
+                ]
+            },
+            "evaluation.benchmarks b: a judge grades generated answers: it needs type reference and "
+            "generation",
+        ),
     ],
 )
 def test_bad_benchmarks_fail_before_training_with_one_line(
