@@ -378,6 +378,11 @@ def test_waits_for_its_synthetic_data_run_then_uses_its_datasets(cluster: Cluste
         "knowledge": {"uri": "pvc://labtune-artifacts/sdg/knowledge.jsonl", "samples": 10, "sha256": digest},
         "skills": {"uri": "pvc://labtune-artifacts/sdg/skills.jsonl", "samples": 20, "sha256": digest},
         "evaluation": {"uri": "pvc://labtune-artifacts/sdg/evaluation.jsonl", "samples": 3, "sha256": digest},
+        "evaluationChoices": {
+            "uri": "pvc://labtune-artifacts/sdg/evaluation-choices.jsonl",
+            "samples": 4,
+            "sha256": digest,
+        },
     }
     finished = {
         "state": "Succeeded",
@@ -394,15 +399,26 @@ def test_waits_for_its_synthetic_data_run_then_uses_its_datasets(cluster: Cluste
         outputs["knowledge"]["uri"],
         outputs["skills"]["uri"],
         outputs["evaluation"]["uri"],
+        outputs["evaluationChoices"]["uri"],
     ]
     config_map = cluster.core.read_namespaced_config_map("chained-train", cluster.namespace)
     config = TrainConfig.model_validate(yaml.safe_load(config_map.data["config.yaml"]))
     assert config.datasets.skills == outputs["skills"]["uri"]
-    # The held-back seed questions are scored by default, likelihood and generation.
-    [benchmark] = config.evaluation.benchmarks or []
-    assert (benchmark.name, benchmark.dataset) == ("held-out", outputs["evaluation"]["uri"])
+    # The held-back seed questions are scored by default, likelihood and generation, and the
+    # teacher's multiple-choice questions by lm-eval.
+    benchmark, choices = config.evaluation.benchmarks or []
+    assert (benchmark.name, benchmark.type, benchmark.dataset) == (
+        "held-out",
+        "reference",
+        outputs["evaluation"]["uri"],
+    )
     assert benchmark.likelihood
     assert benchmark.generation
+    assert (choices.name, choices.type, choices.dataset) == (
+        "multiple-choice",
+        "multipleChoice",
+        outputs["evaluationChoices"]["uri"],
+    )
 
 
 def test_a_deleted_child_job_is_recreated_once(cluster: Cluster) -> None:
