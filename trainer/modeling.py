@@ -63,6 +63,21 @@ def compute_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def for_generation(model: PreTrainedModel | PeftModel) -> None:
+    """The model cast, in place, to the dtype it generates fastest in: unchanged on GPUs (the compute
+    dtype) and on CPUs without native bf16 (where bf16 is emulated and slower); bf16 on CPUs with
+    AVX512-BF16 or AMX, as each decoding step reads every weight (SmolLM2-135M, 48 tokens for 5
+    questions on 2 EPYC cores: 1.34 s against 3.04 s in fp32; autocast to bf16 over fp32 weights:
+    2.7 s). The cast loses precision: likelihoods must be computed before it."""
+    if torch.cuda.is_available():
+        return
+    # Private checks (torch has no public one); a torch without them keeps fp32.
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    native = [getattr(torch.cpu, name, None) for name in checks]
+    if any(check is not None and check() for check in native):
+        model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' wrapper hides nn.Module.to's signature
+
+
 def attention_implementation() -> str:
     """FlashAttention 2 when installed on a GPU: it attends within each packed sample (varlen), where
     SDPA gets a dense block-diagonal mask over the whole packed row, correct but quadratic in it."""
@@ -93,7 +108,10 @@ def load_model(path: Path, *, quantize: bool = False) -> PreTrainedModel:
     extra |= _quantization(path) if quantize else _dequantized(path)
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            location, dtype=compute_dtype(), attn_implementation=attention_implementation(), **extra
+            location,
+            dtype=compute_dtype(),
+            attn_implementation=attention_implementation(),
+            **extra,
         )
     except (OSError, ValueError) as error:
         raise ConfigError(f"model {path} cannot be loaded: {first_line(error)}") from error

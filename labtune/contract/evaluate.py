@@ -170,8 +170,12 @@ class EvaluateConfig(PodConfig):
     """Artifact URI of the output folder: `results.jsonl` (every example, every model) and
     `summary.json`."""
     micro_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
-    """Examples per forward pass: packed into one row without padding for the likelihood, padded
-    on the left for generation."""
+    """Examples per forward pass of the likelihood (packed into one row without padding) and of
+    lm-eval's multiple choice."""
+    generation_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Questions answered at once (padded on the left): each decoding step reads every weight
+    whatever the batch, so a larger batch costs little more per step (5 questions in one batch
+    rather than 4 + 1: 1.3 s less of about 6 s per model, SmolLM2-135M on 2 CPU cores)."""
 
     @model_validator(mode="after")
     def _check_names(self) -> EvaluateConfig:

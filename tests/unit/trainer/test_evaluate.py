@@ -148,20 +148,55 @@ def test_a_grounded_question_comes_after_its_context_and_the_system_prompt_first
     ]
 
 
+def _prompts(tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
+    prompts = []
+    for question, _ in QUESTIONS:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return prompts
+
+
 def test_greedy_answers_of_a_padded_batch_are_those_of_each_prompt_alone(
     tiny_model: Path, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
     model = _load(tiny_model)
-    prompts = []
-    for question, _ in QUESTIONS:
-        text = tiny_tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-        prompts.append(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])
+    prompts = _prompts(tiny_tokenizer)
     together = greedy_answers(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=3)
     alone = [greedy_answers(model, tiny_tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert together == alone
     assert all("<|im" not in answer for answer in together)
+
+
+def test_adapters_answering_in_one_batch_answer_as_each_does_alone(
+    tiny_model: Path, tiny_tokenizer: PreTrainedTokenizerFast, adapter: Path
+) -> None:
+    """peft's mixed-adapter batches: the base (`__base__`) and two adapters in the same rows."""
+    model = PeftModel.from_pretrained(_load(tiny_model), str(adapter), adapter_name="one")
+    torch.manual_seed(1)
+    other = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model.add_adapter("two", other)
+    prompts = _prompts(tiny_tokenizer)
+    names = ["__base__", "one", "two"]
+    mixed = greedy_answers(
+        model,
+        tiny_tokenizer,
+        prompts * 3,
+        max_new_tokens=6,
+        batch_size=4,  # batches that straddle the models
+        adapters=[name for name in names for _ in prompts],
+    )
+    alone = {}
+    for name in names:
+        model.set_adapter("one" if name == "__base__" else name)
+        if name == "__base__":
+            with model.disable_adapter():
+                alone[name] = greedy_answers(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4)
+        else:
+            alone[name] = greedy_answers(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4)
+    assert mixed == [answer for name in names for answer in alone[name]]
+    assert len({tuple(answers) for answers in alone.values()}) == 3  # three different models
 
 
 # --- a run ------------------------------------------------------------------------------------
