@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -89,6 +89,17 @@ def token_counter(config: TeacherConfig, artifact_root: str, teacher: Teacher) -
         log.warning("no tokenizer configured (teacher.tokenizer): chunking at about 4 characters per token")
         return approximate_tokens
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+async def side_by_side(*coroutines: Coroutine[Any, Any, None]) -> None:
+    """Runs them side by side, so that the teacher always has work queued; the first failure (a
+    teacher failure) stops them all and is raised as it is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except ExceptionGroup as errors:
+        raise errors.exceptions[0] from None
 
 
 def _fingerprint(*parts: object) -> str:
@@ -237,13 +248,7 @@ class _Run:
             self.metrics.samples_kept.inc(results[job.path][0].samples)
             self.metrics.samples_generated.inc(_generated(results[job.path][0], self.pipeline))
 
-        # Leaves run side by side so the teacher always has work queued; a teacher failure stops all.
-        try:
-            async with asyncio.TaskGroup() as group:
-                for job in jobs:
-                    group.create_task(one(job))
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
+        await side_by_side(*(one(job) for job in jobs))
         ordered = [results[j.path] for j in jobs if j.path in results]
         return (
             [r for r, _ in ordered],
@@ -282,12 +287,7 @@ class _Run:
                 failed[job.path] = str(error)
                 log.warning("multiple choice: %s", error)
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for job in jobs:
-                    group.create_task(one(job))
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
+        await side_by_side(*(one(job) for job in jobs))
         self.choice_results = [done[j.path][0] for j in jobs if j.path in done]
         self.questions = [q for j in jobs if j.path in done for q in done[j.path][1]]
         self.choice_failures = [LeafFailure(path=p, reason=failed[p][:1024]) for p in sorted(failed)]
@@ -510,14 +510,13 @@ async def generate_async(
             evaluation=[example for leaf in leaves for example in leaf.held_out.examples],
             choice_pipeline=choice_pipeline,
         )
-        # Both side by side, so that the teacher always has work queued.
-        try:
-            async with asyncio.TaskGroup() as group:
-                training = group.create_task(run.leaves(jobs))
-                group.create_task(run.choices(choice_jobs))
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
-        results, samples, failures = training.result()
+        trained: list[tuple[list[LeafResult], list[Record], list[LeafFailure]]] = []
+
+        async def training() -> None:
+            trained.append(await run.leaves(jobs))
+
+        await side_by_side(training(), run.choices(choice_jobs))
+        results, samples, failures = trained[0]
     finally:
         if owned:
             await teacher.aclose()
