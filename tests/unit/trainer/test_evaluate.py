@@ -389,9 +389,10 @@ def test_the_rating_is_the_last_one_in_the_asked_form_from_1_to_10(
 def _judge_reply(prompt: str) -> str:
     """A judge that rates an answer 9 when it says the reference's first word, else 2, and says
     nothing usable about the question on tonsils."""
+    question = prompt.split("[Question]\n", 1)[1].split("\n\n[Reference answer]", 1)[0]
     reference = prompt.split("[Reference answer]\n", 1)[1].split("\n", 1)[0]
     answer = prompt.split("[Assistant's answer]\n", 1)[1]
-    if "tonsils" in prompt:
+    if "tonsils" in question:  # not in the answer: the tiny model may say any word of the questions
         return "I cannot tell."
     return f"Compared. Rating: [[{9 if reference.split()[0] in answer else 2}]]"
 
@@ -420,7 +421,7 @@ def test_a_judge_rates_every_generated_answer_with_the_key_and_the_concurrency_a
     for result in results:
         answered = f"[Assistant's answer]\n{result.generated or '(no answer)'}"
         asked = next(p for p in prompts if answered in p and f"{questions[result.id]}\n\n[Reference" in p)
-        assert result.judge == (None if "tonsils" in asked else float(_judge_reply(asked)[-3]))
+        assert result.judge == (None if result.id == "k3" else float(_judge_reply(asked)[-3]))
     summary = EvaluateSummary.model_validate_json((tmp_path / "termination-log").read_text())
     for name, scores in summary.benchmarks[0].models.items():
         rated = [r.judge for r in results if r.model == name and r.judge is not None]
