@@ -37,7 +37,7 @@ from labtune.generator.documents import Document, DocumentSource, fetch
 from labtune.generator.engine import Engine, Row, StageCount, to_messages
 from labtune.generator.metrics import GeneratorMetrics
 from labtune.generator.mixing import mix
-from labtune.generator.pipeline import Flow, GenerateBlock, Pipeline
+from labtune.generator.pipeline import Flow, GenerateBlock, Pipeline, SampleTemplate
 from labtune.generator.records import Record, SampleMetadata, read_replay, record_id, write_jsonl
 from labtune.generator.seeds import KnowledgeQna, chunk_rows, rows_for
 from labtune.generator.taxonomy import EMPTY_BASE, scan
@@ -151,12 +151,9 @@ async def run_flow(
 
 
 def training_samples(
-    job: LeafJob, flow_pipeline: Pipeline, metadata: SampleMetadata, rows: list[Row]
+    job: LeafJob, template: SampleTemplate, where: str, metadata: SampleMetadata, rows: list[Row]
 ) -> tuple[list[Record], None]:
     """A training flow's rows as records, through the flow's sample template (drops none)."""
-    template = flow_pipeline.flow(job.leaf_type).sample
-    assert template is not None  # flow() checked that the flow writes samples
-    where = f"pipeline {flow_pipeline.name!r} {job.leaf_type} sample"
     samples = []
     for index, row in enumerate(rows):
         messages = to_messages(template, row, where)
@@ -182,14 +179,10 @@ async def run_leaf(
     """Runs (or resumes, or skips when finished) one leaf's training flow; GenerationError when
     nothing survives."""
     flow = flow_pipeline.flow(job.leaf_type)
-    return await run_flow(
-        job,
-        flow,
-        engine,
-        checkpoint,
-        lambda rows: training_samples(job, flow_pipeline, metadata, rows),
-        Record,
-    )
+    assert flow.sample is not None  # flow() checked that the flow writes samples
+    where = f"pipeline {flow_pipeline.name!r} {job.leaf_type} sample"
+    build = partial(training_samples, job, flow.sample, where, metadata)
+    return await run_flow(job, flow, engine, checkpoint, build, Record)
 
 
 def _generated(result: LeafResult, flow_pipeline: Pipeline) -> int:

@@ -22,7 +22,7 @@ from labtune.api.tuning_job import (
     TuningEvaluation,
 )
 from labtune.contract import metrics as m
-from labtune.contract.evaluate import JUDGE_CA_DIR, judge_api_key_env
+from labtune.contract.evaluate import judge_api_key_env, judge_ca_file
 from labtune.contract.train import Datasets, Distributed, ModelSource, TrainConfig, TrainSummary
 from labtune.operator.jobs import build_config_map, build_headless_service, build_job
 from labtune.operator.kube import Kube
@@ -160,8 +160,8 @@ def _judge_credentials(config: TrainConfig) -> tuple[tuple[dict[str, Any], ...],
             env.append({"name": judge_api_key_env(benchmark.name), "valueFrom": key})
         if endpoint and endpoint.ca_secret_ref:
             ref = endpoint.ca_secret_ref
-            folder = f"{JUDGE_CA_DIR}/{benchmark.name}"
-            files.append(FileMount("secret", ref.name, folder, ((ref.key, "ca.crt"),)))
+            folder, name = judge_ca_file(benchmark.name).rsplit("/", 1)
+            files.append(FileMount("secret", ref.name, folder, ((ref.key, name),)))
     return tuple(env), tuple(files)
 
 

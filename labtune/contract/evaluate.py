@@ -120,7 +120,12 @@ Benchmark = Annotated[
 
 
 JUDGE_CA_DIR = "/var/run/secrets/labtune/judges"
-"""Where the operator mounts each judge's CA bundle in the trainer pod: `<dir>/<benchmark>/ca.crt`."""
+JUDGE_CA_FILE = "ca.crt"
+
+
+def judge_ca_file(benchmark: str) -> str:
+    """Where the operator mounts a judge's CA bundle (caSecretRef) in the trainer pod."""
+    return f"{JUDGE_CA_DIR}/{benchmark}/{JUDGE_CA_FILE}"
 
 
 def judge_api_key_env(benchmark: str) -> str:
@@ -137,7 +142,7 @@ def _judge(spec: BenchmarkSpec) -> JudgeConfig | None:
             model=endpoint.model,
             url=endpoint.url,
             api_key_env=judge_api_key_env(spec.name) if endpoint.api_key_secret_ref else None,
-            ca_file=f"{JUDGE_CA_DIR}/{spec.name}/ca.crt" if endpoint.ca_secret_ref else None,
+            ca_file=judge_ca_file(spec.name) if endpoint.ca_secret_ref else None,
             max_concurrency=spec.judge.max_concurrency,
             max_reply_bytes=endpoint.max_reply_bytes,
         )
