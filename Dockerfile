@@ -1,5 +1,5 @@
 # The operator image: `labtune operator run` with the [operator] extra, as the non-root UID 65532
-# (the UID the operator also gives job pods, operator/podspec.py JOB_UID). The chart's Deployment
+# (the UID the operator also gives job pods, operator/children/pod_template.py JOB_UID). The chart's Deployment
 # passes only options (--all-namespaces or --namespace, ports, job images).
 #
 # Build from the repository root: docker build -t ghcr.io/labtune/operator:0.1.0 .

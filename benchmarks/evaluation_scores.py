@@ -37,10 +37,10 @@ from labtune.contract.evaluate import ChoiceExample
 from labtune.contract.train import TrainSummary
 from labtune.generator.pipeline import packaged_path
 from labtune.generator.run import generate
-from labtune.trainer.cli import run as labtune_train
 from labtune.trainer.gguf_cache import hf_folder
 from labtune.trainer.modeling import load_tokenizer
 from labtune.trainer.multiple_choice import TASK_PREFIX, score_choices, write_task
+from labtune.trainer.trainer_cli import run as labtune_train
 from labtune_dev.models import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def report_scores(name: str, summary: TrainSummary, seconds: float) -> dict[str,
 
 def demo(work: Path, model: Path, rounds: int) -> dict[str, Any]:
     testdata = generator_testdata()
-    from labtune.generator.metrics import GeneratorMetrics
+    from labtune.generator.generator_metrics import GeneratorMetrics
     from labtune.generator.teacher_transformers import TransformersTeacher
 
     run = yaml.safe_load(DEMO_RUN.read_text())["spec"]

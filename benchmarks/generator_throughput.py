@@ -30,7 +30,7 @@ from generator_testdata import generator_testdata
 
 from labtune.contract.generate import TeacherConfig
 from labtune.generator.engine import Engine
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.parsers import TextParser
 from labtune.generator.pipeline import GenerateBlock, packaged_path
 from labtune.generator.run import generate

@@ -49,7 +49,7 @@ from kubernetes import client, config, watch
 from labtune.api import GROUP, VERSION, TuningJob
 from labtune.contract.train import Datasets
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.tuning_job import build_trainer_plan
+from labtune.operator.tuning_job.tuning_job_builders import build_trainer_plan
 from labtune_dev.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,9 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from labtune.contract.common import LeafType
+from labtune.contract.records import record_id
 from labtune.generator.engine import Row, StageCount
-from labtune.generator.records import record_id, write_jsonl
+from labtune.generator.jsonl_files import write_jsonl
 
 SampleT = TypeVar("SampleT", bound=BaseModel)
 

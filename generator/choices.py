@@ -8,9 +8,9 @@ from __future__ import annotations
 import string
 
 from labtune.contract.evaluate import ChoiceExample
+from labtune.contract.records import record_id
 from labtune.generator.engine import Row, StageCount, render
 from labtune.generator.pipeline import ChoiceTemplate
-from labtune.generator.records import record_id
 
 OUTPUT_STAGE = "choice"
 """The count of rows that became questions (those whose answer named no choice are malformed)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from labtune.contract import ConfigError
-from labtune.contract.taxonomy import GitCheckout
+from labtune.contract.taxonomy_sync import GitCheckout
 from labtune.generator import gitrepo
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")

@@ -14,7 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel
 
 from labtune.contract import ConfigError
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.pipeline import (
     Block,
     CombineBlock,

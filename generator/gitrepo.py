@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labtune.contract import ConfigError
-from labtune.contract.taxonomy import GitCheckout
+from labtune.contract.taxonomy_sync import GitCheckout
 
 # Protocols a clone may use: the CRD allows https and ssh; local paths serve runs by hand. This
 # rules out ext:: (arbitrary commands) and unencrypted transports.

@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from labtune.api.synthetic_data_run import HoldOutSpec
+from labtune.api.synthetic_data_run_types import HoldOutSpec
 from labtune.contract import ConfigError
 from labtune.contract.common import LeafType
 from labtune.contract.evaluate import EvalExample
-from labtune.generator.records import record_id
+from labtune.contract.records import record_id
 from labtune.generator.seeds import KnowledgeSeed, SkillSeed
 
 

@@ -8,8 +8,8 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-from labtune.api.synthetic_data_run import MixingSpec, ReplayDataset
-from labtune.generator.records import Record, ReplayRecord, SampleMetadata, record_id
+from labtune.api.synthetic_data_run_types import MixingSpec, ReplayDataset
+from labtune.contract.records import Record, SampleMetadata, record_id
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ def replay_size(spec: ReplayDataset, skills: int) -> int:
     return round((spec.ratio if spec.ratio is not None else 1.0) * skills)
 
 
-def _as_replay(record: ReplayRecord, uri: str, index: int) -> Record:
+def _as_replay(record: Record, uri: str, index: int) -> Record:
     return Record(
         id=record.id or record_id(uri, str(index)),
         messages=record.messages,
@@ -38,7 +38,7 @@ def mix(
     knowledge: list[Record],
     skills: list[Record],
     spec: MixingSpec,
-    replays: list[list[ReplayRecord]],
+    replays: list[list[Record]],
     seed: int,
 ) -> tuple[list[Record], list[Record]]:
     """(phase-1 knowledge dataset, phase-2 skills dataset); `replays` follow `spec.replay`."""

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs, LeafFailure
+from labtune.api.synthetic_data_run_types import DatasetOutput, GenerationOutputs, LeafFailure
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import LeafType, fit, output_path
 from labtune.contract.evaluate import ChoiceExample, EvalExample
@@ -29,18 +29,19 @@ from labtune.contract.generate import (
     PipelineRef,
     TeacherConfig,
 )
+from labtune.contract.records import Record, SampleMetadata, record_id
 from labtune.generator import gitrepo, holdout, pipeline
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.choices import to_choices
 from labtune.generator.chunking import TokenCounter, approximate_tokens
 from labtune.generator.documents import Document, DocumentSource, fetch
 from labtune.generator.engine import Engine, Row, StageCount, to_messages
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
+from labtune.generator.jsonl_files import read_replay, write_jsonl
 from labtune.generator.mixing import mix
 from labtune.generator.pipeline import Flow, GenerateBlock, Pipeline, SampleTemplate
-from labtune.generator.records import Record, SampleMetadata, read_replay, record_id, write_jsonl
 from labtune.generator.seeds import KnowledgeQna, chunk_rows, rows_for
-from labtune.generator.taxonomy import EMPTY_BASE, scan
+from labtune.generator.taxonomy_scan import EMPTY_BASE, scan
 from labtune.generator.teacher import Teacher, make_teacher
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from labtune.api.taxonomy import ValidationIssue
+from labtune.api.taxonomy_types import ValidationIssue
 from labtune.contract.common import fit, output_path
-from labtune.contract.taxonomy import (
+from labtune.contract.taxonomy_sync import (
     GitCheckout,
     LeafManifest,
     ManifestLeaf,
@@ -18,7 +18,7 @@ from labtune.contract.taxonomy import (
     TaxonomySyncSummary,
 )
 from labtune.generator import documents, gitrepo
-from labtune.generator.taxonomy import TaxonomyScan, scan
+from labtune.generator.taxonomy_scan import TaxonomyScan, scan
 from labtune.generator.validation import FileReport, Issue, ValidationReport, line_of
 
 _MESSAGE_CHARS = 300  # keep single messages short in status; the manifest has them whole

@@ -12,7 +12,7 @@ from labtune.contract import resolve_artifact
 
 if TYPE_CHECKING:
     from labtune.contract.generate import TeacherConfig
-    from labtune.generator.metrics import GeneratorMetrics
+    from labtune.generator.generator_metrics import GeneratorMetrics
 
 
 class TeacherError(Exception):

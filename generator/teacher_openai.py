@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from labtune.contract import ConfigError
 from labtune.contract.generate import TeacherConfig
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.teacher import Completion, CompletionRequest, TeacherError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labtune.contract import ConfigError
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.teacher import Completion, CompletionRequest
 
 if TYPE_CHECKING:

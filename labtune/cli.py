@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from labtune import __version__
-from labtune.operator.cli import operator
+from labtune.operator.operator_cli import operator
 
 CRD_FOLDERS = ("crds", "charts/labtune/crds")
 
@@ -61,12 +61,12 @@ def crds_check(dirs: tuple[Path, ...]) -> None:
 
 main.add_command(operator)
 
-from labtune.generator.cli import generate, taxonomy  # noqa: E402  (registered after the core commands)
+from labtune.generator.generator_cli import generate, taxonomy  # noqa: E402  (registered after the core commands)
 
 main.add_command(taxonomy)
 main.add_command(generate)
 
-from labtune.trainer.cli import evaluate, train  # noqa: E402  (imports torch only when a command runs)
+from labtune.trainer.trainer_cli import evaluate, train  # noqa: E402  (imports torch only when a command runs)
 
 main.add_command(train)
 main.add_command(evaluate)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from labtune.operator.cli import run
+from labtune.operator.operator_cli import run
 
 run(prog_name="python -m labtune.operator")

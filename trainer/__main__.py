@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from labtune.trainer.cli import train
+from labtune.trainer.trainer_cli import train
 
 train()

@@ -25,7 +25,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from labtune.api.tuning_job import EvalScores
+from labtune.api.tuning_job_types import EvalScores
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import fit
 from labtune.contract.evaluate import (
@@ -41,12 +41,12 @@ from labtune.contract.evaluate import (
     MultipleChoiceBenchmark,
     ReferenceBenchmark,
 )
+from labtune.contract.records import Message, Record
 from labtune.contract.train import ModelSource
 from labtune.trainer.digests import file_sha256
 from labtune.trainer.judge import grade
 from labtune.trainer.layout import write_text_atomic
 from labtune.trainer.masking import TokenizedSample, tokenize_sample
-from labtune.trainer.metrics import EvaluationMetrics
 from labtune.trainer.modeling import (
     check_base_model,
     first_line,
@@ -56,7 +56,6 @@ from labtune.trainer.modeling import (
 )
 from labtune.trainer.multiple_choice import score_choices
 from labtune.trainer.preemption import Preempted, StopRequest
-from labtune.trainer.records import Message, Sample
 from labtune.trainer.scoring import (
     Model,
     answer_likelihoods,
@@ -65,6 +64,7 @@ from labtune.trainer.scoring import (
     greedy_answers,
     rouge_l,
 )
+from labtune.trainer.trainer_metrics import EvaluationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _inputs(
     samples, prompts = [], []
     for example in examples:
         asked = messages(example, benchmark)
-        answered = Sample(messages=[*asked, Message(role="assistant", content=example.answer)])
+        answered = Record(messages=[*asked, Message(role="assistant", content=example.answer)])
         try:
             samples.append(tokenize_sample(answered, tokenizer))
         except ConfigError as error:

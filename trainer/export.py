@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from labtune.api.tuning_job import TuningOutput
+from labtune.api.tuning_job_types import TuningOutput
 from labtune.contract.train import TrainConfig
 from labtune.trainer.digests import seal_folder
 from labtune.trainer.layout import COMPLETE, Layout, publish

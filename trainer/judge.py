@@ -51,7 +51,7 @@ def rating(reply: str | None) -> float | None:
 async def _grade(
     judge: JudgeConfig, artifact_root: str, examples: dict[str, EvalExample], results: Sequence[ExampleResult]
 ) -> list[str | None]:
-    from labtune.generator.metrics import GeneratorMetrics
+    from labtune.generator.generator_metrics import GeneratorMetrics
 
     teacher = make_teacher(judge.teacher, artifact_root, GeneratorMetrics())
     try:

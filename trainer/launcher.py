@@ -17,7 +17,7 @@ from types import FrameType
 
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_FAILED, EXIT_PREEMPTED, ConfigError
 from labtune.contract.train import TrainConfig
-from labtune.trainer import processes
+from labtune.trainer import worker_rank
 
 STOP_FILE_ENV = "LABTUNE_STOP_FILE"
 """The file the launcher creates when it gets SIGTERM; the workers stop when it appears."""
@@ -28,14 +28,14 @@ DEFAULT_MASTER_PORT = "29500"
 
 def needs_launch(config: TrainConfig) -> bool:
     spec = config.distributed
-    return spec.nodes * spec.procs_per_node > 1 and not processes.under_torchrun()
+    return spec.nodes * spec.procs_per_node > 1 and not worker_rank.under_torchrun()
 
 
 def record_exit(code: int) -> None:
     """Leaves this worker's exit code for the launcher (no-op outside it)."""
     folder = os.environ.get(EXIT_DIR_ENV)
     if folder:
-        (Path(folder) / str(processes.rank())).write_text(str(code))
+        (Path(folder) / str(worker_rank.rank())).write_text(str(code))
 
 
 def torchrun_args(config: TrainConfig, config_path: Path) -> list[str]:

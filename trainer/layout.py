@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from labtune.api.tuning_job import TrainingMetrics
+from labtune.api.tuning_job_types import TrainingMetrics
 from labtune.contract.train import PhaseSummary
 
 COMPLETE = "labtune-complete"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from labtune.contract import ConfigError
-from labtune.trainer.records import Sample
+from labtune.contract.records import Record
 
 IGNORE_INDEX = -100  # the label value transformers' loss skips
 _OPEN, _CLOSE = "\ue000", "\ue001"
@@ -31,7 +31,7 @@ class TokenizedSample:
     """input_ids where trained, IGNORE_INDEX elsewhere."""
 
 
-def trained_spans(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
+def trained_spans(sample: Record, tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans [start, end) whose tokens are trained."""
     marked = [{"role": m.role, "content": f"{_OPEN}{m.content}{_CLOSE}"} for m in sample.messages]
     if any(_OPEN in m.content or _CLOSE in m.content for m in sample.messages):
@@ -66,7 +66,7 @@ def trained_spans(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> tuple[s
     return text, spans
 
 
-def tokenize_sample(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> TokenizedSample:
+def tokenize_sample(sample: Record, tokenizer: PreTrainedTokenizerBase) -> TokenizedSample:
     """input_ids of the rendered conversation, labelled where a token overlaps a trained span."""
     text, spans = trained_spans(sample, tokenizer)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

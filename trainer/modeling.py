@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from labtune.api.tuning_job import LoraSpec, MethodSpec
+from labtune.api.tuning_job_types import LoraSpec, MethodSpec
 from labtune.contract import ConfigError
 
 GGUF_MAGIC = b"GGUF"

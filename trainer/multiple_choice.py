@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from labtune.contract.evaluate import ChoiceExample
-from labtune.trainer.records import read_choices
+from labtune.trainer.dataset_reader import read_choices
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -23,9 +23,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from labtune.api.tuning_job import Phase, TrainingMetrics
+from labtune.api.tuning_job_types import Phase, TrainingMetrics
 from labtune.contract.train import PhaseSummary, TrainConfig
-from labtune.trainer import processes
+from labtune.trainer import worker_rank
 from labtune.trainer.layout import (
     COMPLETE,
     PhaseResult,
@@ -127,7 +127,7 @@ class CheckpointMarker(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
     ) -> None:
-        processes.barrier()
+        worker_rank.barrier()
         if state.is_world_process_zero:
             (self.folder / f"checkpoint-{state.global_step}" / COMPLETE).touch()
 
@@ -154,7 +154,7 @@ def train_phase(
 ) -> PhaseRun:
     """Trains the phase to its end (resuming from its latest complete checkpoint) and returns its
     result; raises Preempted when stopped on request after saving a checkpoint."""
-    if processes.rank() == 0:
+    if worker_rank.rank() == 0:
         remove_incomplete_checkpoints(folder)
     checkpoints = complete_checkpoints(folder)
     shape = batch_shape(phase.effective_batch_size, config.micro_batch_size, world_size)

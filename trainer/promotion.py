@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from labtune.api.tuning_job import (
+from labtune.api.tuning_job_types import (
     METRIC_NEEDS,
     BenchmarkResult,
     ChosenCheckpoint,
@@ -35,10 +35,10 @@ from labtune.contract.evaluate import (
     from_spec,
 )
 from labtune.contract.train import ModelSource, TrainConfig
+from labtune.trainer.dataset_reader import read_benchmark
 from labtune.trainer.evaluation import evaluate
 from labtune.trainer.layout import Layout, PhaseResult, checkpoint_step, complete_checkpoints
 from labtune.trainer.preemption import StopRequest
-from labtune.trainer.records import read_benchmark
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,19 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase, set_seed
 
-from labtune.api.tuning_job import CheckpointRecord, TuningOutput
+from labtune.api.tuning_job_types import CheckpointRecord, TuningOutput
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.train import TrainConfig, TrainSummary
-from labtune.trainer import processes
+from labtune.trainer import worker_rank
+from labtune.trainer.dataset_reader import read_samples
 from labtune.trainer.export import export_outputs
 from labtune.trainer.layout import Layout, PhaseResult, write_text_atomic
-from labtune.trainer.metrics import ProgressCallback, RunProgress, TrainerMetrics
 from labtune.trainer.modeling import check_base_model, load_tokenizer, phase_model
 from labtune.trainer.phases import PhaseRun, batch_shape, estimated_steps, train_phase
 from labtune.trainer.preemption import Preempted, StopRequest
 from labtune.trainer.promotion import evaluate_run
-from labtune.trainer.records import read_samples
 from labtune.trainer.splits import PhaseData, prepare_phase_data, split_samples
+from labtune.trainer.trainer_metrics import ProgressCallback, RunProgress, TrainerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
     restarts = start.record()  # recorded already, unless every phase was done before this start
     last = results[-1]
     output, evaluation = TuningOutput(), None
-    if processes.rank() == 0:
+    if worker_rank.rank() == 0:
         best = layout.phase(config.phases[-1].name) / last.best_checkpoint
         if config.evaluation.benchmarks:
             best, evaluation = evaluate_run(config, layout, last, stop)
@@ -79,7 +79,7 @@ def train(config: TrainConfig, stop: StopRequest) -> TrainSummary:
         restarts=restarts,
         evaluation=evaluation,
     )
-    if processes.rank() == 0:
+    if worker_rank.rank() == 0:
         write_text_atomic(layout.summary, summary.model_dump_json(by_alias=True, exclude_none=True, indent=2))
     else:
         await_summary(layout, stop)
@@ -121,7 +121,7 @@ class _Start:
         if self._restarts is None:
             self._restarts = 0
             self._layout.root.mkdir(parents=True, exist_ok=True)
-            if processes.rank() == 0:
+            if worker_rank.rank() == 0:
                 if not self._layout.config.exists():
                     write_text_atomic(self._layout.config, _recorded(self._config))
                 self._layout.remove_temporaries()
@@ -156,7 +156,7 @@ def _train_phases(
     run_start: _Start,
 ) -> tuple[list[PhaseResult], list[PhaseRun]]:
     """Each phase's result (trained now or read back) and the runs made by this process."""
-    world = processes.world_size()
+    world = worker_rank.world_size()
     done = {phase.name: _read_result(layout, phase.name) for phase in config.phases}
     progress = RunProgress(
         {
@@ -171,7 +171,7 @@ def _train_phases(
             for phase in config.phases
         }
     )
-    metrics = TrainerMetrics(config.metrics_port) if processes.local_rank() == 0 else None
+    metrics = TrainerMetrics(config.metrics_port) if worker_rank.local_rank() == 0 else None
     results: list[PhaseResult] = []
     runs: list[PhaseRun] = []
     start: Path | None = None
@@ -209,7 +209,7 @@ def _train_phases(
                 gc.collect()
                 runs.append(run)
                 result = run.result
-                if processes.rank() == 0:
+                if worker_rank.rank() == 0:
                     write_text_atomic(layout.phase_result(phase.name), result.model_dump_json(indent=2))
             results.append(result)
             start = layout.phase(phase.name) / result.best_checkpoint

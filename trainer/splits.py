@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from labtune.contract import ConfigError
+from labtune.contract.records import Record
 from labtune.trainer.masking import TokenizedSample, tokenize_sample
-from labtune.trainer.records import Sample
 
 
 @dataclass(frozen=True)
 class Split:
-    train: list[Sample]
-    held_out: list[Sample]
+    train: list[Record]
+    held_out: list[Record]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PhaseData:
     """Samples longer than the phase's max sequence length."""
 
 
-def split_samples(samples: list[Sample], fraction: float, seed: int) -> Split:
+def split_samples(samples: list[Record], fraction: float, seed: int) -> Split:
     """A seeded random held-out split; at least one sample each side when the fraction is not 0.
     It depends only on the dataset and the seed, so every phase (and restart) holds out the same."""
     order = list(range(len(samples)))

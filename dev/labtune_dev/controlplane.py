@@ -398,7 +398,7 @@ def up(
         _clean_up(state_dir)
         binaries = ensure_binaries()
         log = state_dir / "serve.log"
-        command = [sys.executable, "-m", "labtune_dev.cli", "controlplane", "serve"]
+        command = [sys.executable, "-m", "labtune_dev.dev_cli", "controlplane", "serve"]
         command += ["--state-dir", str(state_dir), "--binaries", str(binaries)]
         command.append("--with-controllers" if with_controllers else "--no-controllers")
         if node is not None:

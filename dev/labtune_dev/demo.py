@@ -39,7 +39,7 @@ GIT_SECRET = "demo-git"
 PIPELINE_CONFIG_MAP = "demo-pipeline"
 TEACHER_MODEL = "smollm2"
 CHART = Path(__file__).resolve().parents[2] / "charts" / "labtune"
-JOB_UID = 65532  # the UID of labtune's images and job pods (operator/podspec.py)
+JOB_UID = 65532  # the UID of labtune's images and job pods (operator/children/pod_template.py)
 _GIT = ["git", "-c", "user.name=labtune demo", "-c", "user.email=demo@labtune.invalid"]
 
 
@@ -318,7 +318,7 @@ def up(settings: DemoSettings, timeout: float = 900.0) -> DemoState:
     command = [
         sys.executable,
         "-m",
-        "labtune_dev.cli",
+        "labtune_dev.dev_cli",
         "demo",
         "serve",
         "--settings",

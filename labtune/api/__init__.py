@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from labtune.api.base import API_VERSION, GROUP, VERSION, Condition
 from labtune.api.resource import Resource
-from labtune.api.synthetic_data_run import SyntheticDataRun, SyntheticDataRunSpec, SyntheticDataRunStatus
-from labtune.api.taxonomy import Taxonomy, TaxonomySpec, TaxonomyStatus
-from labtune.api.tuning_job import TuningJob, TuningJobSpec, TuningJobStatus
+from labtune.api.synthetic_data_run_types import (
+    SyntheticDataRun,
+    SyntheticDataRunSpec,
+    SyntheticDataRunStatus,
+)
+from labtune.api.taxonomy_types import Taxonomy, TaxonomySpec, TaxonomyStatus
+from labtune.api.tuning_job_types import TuningJob, TuningJobSpec, TuningJobStatus
 
 KINDS: tuple[type[Resource], ...] = (Taxonomy, SyntheticDataRun, TuningJob)
 

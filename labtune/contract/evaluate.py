@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from labtune.api.tuning_job import BenchmarkSpec, EvalScores
+from labtune.api.tuning_job_types import BenchmarkSpec, EvalScores
 from labtune.contract.common import ContractModel, LeafType, PodConfig
 from labtune.contract.generate import TeacherConfig
 from labtune.contract.train import ModelSource

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from labtune.api.synthetic_data_run import (
+from labtune.api.synthetic_data_run_types import (
     DEFAULT_MAX_REPLY_BYTES,
     GenerationOutputs,
     HoldOutSpec,
@@ -16,7 +16,7 @@ from labtune.api.synthetic_data_run import (
     ScaleSpec,
 )
 from labtune.contract.common import ContractModel, PodConfig
-from labtune.contract.taxonomy import GitCheckout
+from labtune.contract.taxonomy_sync import GitCheckout
 
 
 class TeacherConfig(ContractModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from labtune.api.tuning_job import (
+from labtune.api.tuning_job_types import (
     METRIC_NEEDS,
     CheckpointRecord,
     CheckpointSpec,

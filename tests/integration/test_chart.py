@@ -17,7 +17,7 @@ import yaml
 from charttest import CHART, MONITORING, ROOT, helm_template, only
 from kubernetes import client
 
-from labtune.operator.cli import operator as operator_cli
+from labtune.operator.operator_cli import operator as operator_cli
 from labtune_dev.tools import MONITORING_CRDS, Tools
 
 NAMESPACED = ("--set", "watchNamespaces={team-a,team-b}")

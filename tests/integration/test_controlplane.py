@@ -195,7 +195,7 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def _labtune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "labtune_dev.cli", "controlplane", *args],
+        [sys.executable, "-m", "labtune_dev.dev_cli", "controlplane", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ocitest import layout_index
 
-from labtune.operator.podspec import JOB_UID
+from labtune.operator.children.pod_template import JOB_UID
 from labtune_dev.images import IMAGE_NAMES, BuiltImage, build_image, buildah, save_image
 
 # A cold cache builds the bases and fetches torch (GBs) first.

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from prometheus_client.registry import CollectorRegistry
 
-from labtune.contract import metrics as contract
-from labtune.operator import metrics as operator_metrics
+from labtune.contract import metric_names as contract
+from labtune.operator import operator_metrics
 
 FILES = Path(__file__).resolve().parents[2] / "charts/labtune/files"
 _METRIC = re.compile(r"\blabtune_[a-z0-9_]+\b")

@@ -16,7 +16,7 @@ import click
 import pytest
 
 from labtune.cli import main
-from labtune.operator.podspec import JOB_UID
+from labtune.operator.children.pod_template import JOB_UID
 from labtune_dev.image_requirements import LOCKS_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +32,11 @@ class Image:
 
 
 IMAGES = (
-    # operator/cli.py; the chart's Deployment passes only options.
+    # operator/operator_cli.py; the chart's Deployment passes only options.
     Image("Dockerfile", "operator", (("operator", "run"),), "python:3.11"),
-    # operator/taxonomy.py and operator/synthetic_data_run.py.
+    # operator/taxonomy/taxonomy_builders.py and operator/synthetic_data_run/synthetic_data_run_builders.py.
     Image("images/generator/Dockerfile", "generator", (("taxonomy", "sync"), ("generate",)), "python:3.11"),
-    # operator/tuning_job.py; torchrun comes with the base image's CUDA torch.
+    # operator/tuning_job/tuning_job_builders.py; torchrun comes with the base image's CUDA torch.
     Image("images/trainer/Dockerfile", "trainer", (("train",),), "pytorch/pytorch:"),
 )
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubetest import free_port
 
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.pipeline import packaged_path
 from labtune.generator.teacher_transformers import TransformersTeacher
 from labtune_dev.gitserver import GitServer

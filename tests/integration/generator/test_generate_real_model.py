@@ -20,7 +20,7 @@ from holdout_check import held_out_leaks
 
 from labtune.contract.evaluate import EvalExample
 from labtune.contract.generate import GenerateConfig, GenerateSummary
-from labtune.generator.records import Record
+from labtune.contract.records import Record
 from labtune.generator.run import generate
 from labtune.generator.teacher import Completion, CompletionRequest
 

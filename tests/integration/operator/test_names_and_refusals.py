@@ -12,7 +12,7 @@ from kubernetes import client
 from kubetest import Cluster, Kubelet, condition, eventually, tuning_job
 
 from labtune.api import GROUP, VERSION
-from labtune.operator.naming import child_name, dns_label_name, label_value, service_name
+from labtune.operator.children.child_names import child_name, dns_label_name, label_value, service_name
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 

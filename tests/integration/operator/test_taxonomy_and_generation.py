@@ -13,7 +13,7 @@ from kubetest import Cluster, Kubelet, OperatorProcess, condition, eventually, t
 
 from labtune.api import GROUP, VERSION
 from labtune.contract.generate import GenerateConfig
-from labtune.contract.taxonomy import TaxonomySyncConfig
+from labtune.contract.taxonomy_sync import TaxonomySyncConfig
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from labtune.contract.evaluate import EvaluateSummary, ExampleResult
-from labtune.trainer.cli import run as labtune_train
+from labtune.trainer.trainer_cli import run as labtune_train
 
 pytestmark = pytest.mark.integration
 

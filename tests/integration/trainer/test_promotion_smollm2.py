@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labtune.contract.train import TrainSummary
-from labtune.trainer.cli import run as labtune_train
+from labtune.trainer.trainer_cli import run as labtune_train
 
 pytestmark = pytest.mark.integration
 

@@ -23,12 +23,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, PreTrainedModel
 
 from labtune.contract import EXIT_PREEMPTED
-from labtune.contract.metrics import TRAIN_STEP, TRAIN_TOTAL_STEPS
+from labtune.contract.metric_names import TRAIN_STEP, TRAIN_TOTAL_STEPS
 from labtune.contract.train import TrainSummary
+from labtune.trainer.dataset_reader import read_samples
 from labtune.trainer.layout import COMPLETE
 from labtune.trainer.loss import trained_token_loss_sum
 from labtune.trainer.modeling import load_tokenizer
-from labtune.trainer.records import read_samples
 from labtune.trainer.splits import prepare_phase_data, split_samples
 from labtune_dev.models import smollm2_gguf
 

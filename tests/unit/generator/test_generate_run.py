@@ -24,8 +24,8 @@ from labtune.contract import (
     write_summary,
 )
 from labtune.contract.generate import GenerateConfig
-from labtune.generator.metrics import GeneratorMetrics
-from labtune.generator.records import Record
+from labtune.contract.records import Record
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.run import GenerationError, generate
 from labtune.generator.teacher import CompletionRequest, TeacherError
 
@@ -271,8 +271,14 @@ def test_replay_datasets(
     assert sum(r.metadata.source == str(replay) for r in phase2) == 7
     assert summary.outputs.knowledge is None
 
-    replay.write_text('{"messages": [{"role": "user", "content": "q"}]}\n{"messages": [{"role": "robot"}]}\n')
+    replay.write_text(json.dumps(lines[0]) + '\n{"messages": [{"role": "robot"}]}\n')
     with pytest.raises(ConfigError, match=rf"replay dataset {replay}:2: messages\.0\.role"):
+        generate(make_config(sample_taxonomy, mixing=mixing), teacher=fake_teacher())
+    # The trainer would refuse it later, after the teacher was paid: refused here, before.
+    replay.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    with pytest.raises(
+        ConfigError, match=rf"replay dataset {replay}:1: \(record\): the sample has no assistant turn$"
+    ):
         generate(make_config(sample_taxonomy, mixing=mixing), teacher=fake_teacher())
 
 

@@ -1,12 +1,12 @@
-"""The generator serves the metric names the operator reads (labtune.contract.metrics)."""
+"""The generator serves the metric names the operator reads (labtune.contract.metric_names)."""
 
 from __future__ import annotations
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from labtune.contract import metrics as names
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.contract import metric_names as names
+from labtune.generator.generator_metrics import GeneratorMetrics
 
 
 def test_the_operator_reads_what_the_generator_serves() -> None:

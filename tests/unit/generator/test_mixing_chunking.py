@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from labtune.api.synthetic_data_run import MixingSpec, ReplayDataset
+from labtune.api.synthetic_data_run_types import MixingSpec, ReplayDataset
 from labtune.contract import ConfigError
+from labtune.contract.records import Message, Record, SampleMetadata
 from labtune.generator import documents
 from labtune.generator.chunking import approximate_tokens, chunk
 from labtune.generator.mixing import mix
-from labtune.generator.records import Message, Record, ReplayRecord, SampleMetadata
 
 
 def _records(kind: str, n: int) -> list[Record]:
@@ -27,8 +27,11 @@ def _records(kind: str, n: int) -> list[Record]:
     ]
 
 
-def _replay(n: int) -> list[ReplayRecord]:
-    return [ReplayRecord(messages=[Message(role="user", content=f"r {i}")]) for i in range(n)]
+def _replay(n: int) -> list[Record]:
+    return [
+        Record(messages=[Message(role="user", content=f"r {i}"), Message(role="assistant", content="a")])
+        for i in range(n)
+    ]
 
 
 def test_phase1_is_knowledge_unmasked_phase2_skills_with_replay() -> None:

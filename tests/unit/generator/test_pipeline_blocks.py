@@ -11,7 +11,7 @@ import pytest
 from labtune.contract import ConfigError
 from labtune.generator import pipeline
 from labtune.generator.engine import Engine, Row, StageCount, to_messages
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.parsers import ScoreParser, TaggedParser, TextParser
 from labtune.generator.pipeline import (
     Block,

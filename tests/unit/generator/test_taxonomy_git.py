@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from labtune.contract import SUMMARY_LIMIT_BYTES, write_summary
-from labtune.contract.taxonomy import GitCheckout, LeafManifest, TaxonomySyncConfig
+from labtune.contract.taxonomy_sync import GitCheckout, LeafManifest, TaxonomySyncConfig
 from labtune.generator import gitrepo
 from labtune.generator.sync import sync
-from labtune.generator.taxonomy import scan
+from labtune.generator.taxonomy_scan import scan
 
 if TYPE_CHECKING:
     from conftest import Git, SampleTaxonomy

@@ -18,14 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import ValidationError
 
-from labtune.api.synthetic_data_run import SyntheticDataRun, TeacherEndpoint
-from labtune.api.taxonomy import Taxonomy
+from labtune.api.synthetic_data_run_types import SyntheticDataRun, TeacherEndpoint
+from labtune.api.taxonomy_types import Taxonomy
 from labtune.contract.generate import TeacherConfig
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.teacher import CompletionRequest, TeacherError
 from labtune.generator.teacher_openai import OpenAITeacher
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.synthetic_data_run import build_generate_config
+from labtune.operator.synthetic_data_run.synthetic_data_run_builders import build_generate_config
 
 Reply = Callable[[BaseHTTPRequestHandler], None]
 

@@ -14,7 +14,7 @@ from openai_server import serve as _serve
 
 from labtune.contract import ConfigError
 from labtune.contract.generate import TeacherConfig
-from labtune.generator.metrics import GeneratorMetrics
+from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.teacher import CompletionRequest, TeacherError
 from labtune.generator.teacher_openai import OpenAITeacher
 

@@ -9,7 +9,7 @@ import pytest
 
 from labtune.generator import leaves
 from labtune.generator.sync import summarize
-from labtune.generator.taxonomy import scan
+from labtune.generator.taxonomy_scan import scan
 from labtune.generator.validation import validate_file
 
 DATA = Path(__file__).parent / "data"

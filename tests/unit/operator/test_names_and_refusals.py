@@ -11,7 +11,7 @@ import pytest
 
 from labtune.api import GROUP, VERSION, TuningJob
 from labtune.contract.train import Datasets
-from labtune.operator.naming import (
+from labtune.operator.children.child_names import (
     MAX_INDEXED_JOB_NAME,
     child_metadata,
     child_name,
@@ -21,9 +21,9 @@ from labtune.operator.naming import (
     selector,
     service_name,
 )
-from labtune.operator.observe import not_ours, refusal
+from labtune.operator.children.job_observe import not_ours, refusal
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.tuning_job import build_trainer_plan
+from labtune.operator.tuning_job.tuning_job_builders import build_trainer_plan
 
 # The API server's own patterns (k8s.io/apimachinery validation).
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from labtune.operator import conditions as cond
-from labtune.operator.conditions import RunOutcome
-from labtune.operator.naming import MAX_NAME, child_name
-from labtune.operator.observe import (
+from labtune.operator.children.child_names import MAX_NAME, child_name
+from labtune.operator.children.job_observe import (
     failure_detail,
     mount_problem,
     pending_pods,
@@ -15,8 +14,9 @@ from labtune.operator.observe import (
     termination_message,
     view_job,
 )
-from labtune.operator.scrape import parse
-from labtune.operator.taxonomy import _seconds, sync_job_name
+from labtune.operator.children.pod_metrics import parse
+from labtune.operator.conditions import RunOutcome
+from labtune.operator.taxonomy.taxonomy_builders import _seconds, sync_job_name
 
 
 def test_child_names_are_deterministic_and_bounded() -> None:

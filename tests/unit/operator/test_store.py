@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from labtune.operator.store import Store
-from labtune.operator.workqueue import WorkQueue
+from labtune.operator.machinery.watch_store import Store
+from labtune.operator.machinery.work_queue import WorkQueue
 
 
 def run(name: str, version: str, state: str = "Pending", ref: str | None = None) -> dict[str, Any]:

@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
-from labtune.api.synthetic_data_run import DatasetOutput, GenerationOutputs
+from labtune.api.synthetic_data_run_types import DatasetOutput, GenerationOutputs
 from labtune.contract import write_summary
 from labtune.contract.generate import GenerateSummary
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.synthetic_data_run import (
+from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     CHOICE_PIPELINE_DIR,
-    SyntheticDataRunKind,
     build_generate_config,
     build_generator_children,
 )
+from labtune.operator.synthetic_data_run.synthetic_data_run_reconcile import SyntheticDataRunKind
 
 TAXONOMY = Taxonomy.model_validate(
     {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from labtune.api import TuningJob
-from labtune.api.tuning_job import (
+from labtune.api.tuning_job_types import (
     BenchmarkResult,
     ChosenCheckpoint,
     EvalScores,
@@ -21,15 +21,12 @@ from labtune.api.tuning_job import (
 from labtune.contract import write_summary
 from labtune.contract.evaluate import from_spec
 from labtune.contract.train import Datasets, TrainSummary
-from labtune.operator.metrics import EvaluationScores
-from labtune.operator.runs import CannotRun, KindCondition
+from labtune.operator.operator_metrics import EvaluationScores
+from labtune.operator.runs.run_reconcile import CannotRun, KindCondition
 from labtune.operator.settings import OperatorSettings
-from labtune.operator.tuning_job import (
-    EvaluationDatasets,
-    TuningJobKind,
-    build_trainer_plan,
-    resolve_evaluation,
-)
+from labtune.operator.tuning_job.tuning_job_builders import build_trainer_plan
+from labtune.operator.tuning_job.tuning_job_evaluation import EvaluationDatasets, resolve_evaluation
+from labtune.operator.tuning_job.tuning_job_reconcile import TuningJobKind
 
 HELD_OUT = "pvc://claim/datasets/evaluation.jsonl"
 CHOICES = "pvc://claim/datasets/evaluation-choices.jsonl"

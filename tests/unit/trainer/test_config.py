@@ -10,8 +10,8 @@ import pytest
 
 from labtune.contract import EXIT_CONFIG_ERROR, ConfigError, load_config
 from labtune.contract.train import TrainConfig
-from labtune.trainer.cli import run
 from labtune.trainer.modeling import load_tokenizer
+from labtune.trainer.trainer_cli import run
 
 
 def _phase(**overrides: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from labtune.contract import EXIT_CONFIG_ERROR, ConfigError
-from labtune.trainer.cli import run
+from labtune.trainer.trainer_cli import run
 
 LABTUNE = str(Path(sys.executable).parent / "labtune")
 
@@ -111,7 +111,7 @@ def test_a_metrics_port_in_use_fails_before_torch_is_imported(
 
 def test_a_metrics_port_taken_after_the_check_is_a_config_error(port_in_use: int) -> None:
     # Taken between the check and the server's start (or by another pod's process meanwhile).
-    from labtune.trainer.metrics import TrainerMetrics
+    from labtune.trainer.trainer_metrics import TrainerMetrics
 
     with pytest.raises(ConfigError, match=f"^metrics port {port_in_use} is in use: set metricsPort"):
         TrainerMetrics(port_in_use)

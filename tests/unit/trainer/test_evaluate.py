@@ -18,7 +18,7 @@ from openai_server import serve
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from labtune.api.tuning_job import EvalScores
+from labtune.api.tuning_job_types import EvalScores
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, SUMMARY_LIMIT_BYTES, write_summary
 from labtune.contract.evaluate import (
     BenchmarkScores,
@@ -28,15 +28,15 @@ from labtune.contract.evaluate import (
     LeafScores,
     ReferenceBenchmark,
 )
-from labtune.trainer.cli import run_evaluation
+from labtune.contract.records import Message, Record
 from labtune.trainer.evaluation import messages, termination_summaries
 from labtune.trainer.judge import rating
 from labtune.trainer.launcher import STOP_FILE_ENV
 from labtune.trainer.masking import IGNORE_INDEX, tokenize_sample
-from labtune.trainer.metrics import EvaluationMetrics
 from labtune.trainer.multiple_choice import score_choices
-from labtune.trainer.records import Message, Sample
 from labtune.trainer.scoring import answer_likelihoods, contains, exact_match, greedy_answers, rouge_l
+from labtune.trainer.trainer_cli import run_evaluation
+from labtune.trainer.trainer_metrics import EvaluationMetrics
 
 LABTUNE = str(Path(sys.executable).parent / "labtune")
 
@@ -52,8 +52,8 @@ def _load(folder: Path) -> LlamaForCausalLM:
     return model.eval()
 
 
-def _sample(question: str, answer: str) -> Sample:
-    return Sample(
+def _sample(question: str, answer: str) -> Record:
+    return Record(
         messages=[Message(role="user", content=question), Message(role="assistant", content=answer)]
     )
 
@@ -289,7 +289,7 @@ def test_a_base_and_an_adapter_over_it_are_scored_in_one_run(
     samples = []
     for example in map(EvalExample.model_validate, _examples()):
         answered = [*messages(example, benchmark), Message(role="assistant", content=example.answer)]
-        samples.append(tokenize_sample(Sample(messages=answered), tiny_tokenizer))
+        samples.append(tokenize_sample(Record(messages=answered), tiny_tokenizer))
     tuned = answer_likelihoods(PeftModel.from_pretrained(_load(tiny_model), str(adapter)), samples, 1)
     alone = {"base": answer_likelihoods(_load(tiny_model), samples, 1), "tuned": tuned, "again": tuned}
     ids = [e["id"] for e in _examples()]

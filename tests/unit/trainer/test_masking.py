@@ -10,8 +10,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from labtune.contract import ConfigError
+from labtune.contract.records import Record
 from labtune.trainer.masking import IGNORE_INDEX, tokenize_sample
-from labtune.trainer.records import Sample
 
 # SmolLM2's template: a default system prompt when the conversation has none.
 DEFAULT_SYSTEM = (
@@ -23,11 +23,11 @@ DEFAULT_SYSTEM = (
 )
 
 
-def _sample(*turns: tuple[str, str], unmask: bool = False) -> Sample:
-    return Sample(messages=[{"role": r, "content": c} for r, c in turns], unmask=unmask)  # type: ignore[misc]
+def _sample(*turns: tuple[str, str], unmask: bool = False) -> Record:
+    return Record(messages=[{"role": r, "content": c} for r, c in turns], unmask=unmask)  # type: ignore[misc]
 
 
-def runs(sample: Sample, tokenizer: Any) -> list[tuple[str, bool]]:
+def runs(sample: Record, tokenizer: Any) -> list[tuple[str, bool]]:
     """(text, trained) for each run of consecutive tokens with the same mask; also checks that
     every label is either the token itself or IGNORE_INDEX."""
     tokenized = tokenize_sample(sample, tokenizer)

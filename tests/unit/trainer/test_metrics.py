@@ -5,8 +5,8 @@ import urllib.request
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from labtune.contract import metrics as names
-from labtune.trainer.metrics import ProgressCallback, RunProgress, TrainerMetrics
+from labtune.contract import metric_names as names
+from labtune.trainer.trainer_metrics import ProgressCallback, RunProgress, TrainerMetrics
 
 
 def _free_port() -> int:

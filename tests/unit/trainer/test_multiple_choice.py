@@ -13,8 +13,8 @@ import yaml
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from labtune.contract import ConfigError
+from labtune.trainer.dataset_reader import read_choices
 from labtune.trainer.multiple_choice import score_choices, task_config
-from labtune.trainer.records import read_choices
 
 
 def _loglikelihood(

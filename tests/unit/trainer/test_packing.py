@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import DataCollatorWithFlattening, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from labtune.contract.records import Record
 from labtune.trainer.loss import trained_positions, trained_token_loss_sum
 from labtune.trainer.masking import IGNORE_INDEX, TokenizedSample, tokenize_sample
-from labtune.trainer.records import Sample
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def samples(tiny_tokenizer: PreTrainedTokenizerFast) -> list[TokenizedSample]:
         ],
     ]
     return [
-        tokenize_sample(Sample(messages=[{"role": r, "content": c} for r, c in turns]), tiny_tokenizer)  # type: ignore[misc]
+        tokenize_sample(Record(messages=[{"role": r, "content": c} for r, c in turns]), tiny_tokenizer)  # type: ignore[misc]
         for turns in conversations
     ]
 

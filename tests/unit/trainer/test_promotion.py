@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from labtune.api.tuning_job import EvalScores, GateSpec, MetricRef
+from labtune.api.tuning_job_types import EvalScores, GateSpec, MetricRef
 from labtune.contract import EXIT_CONFIG_ERROR, ConfigError
 from labtune.contract.evaluate import EvaluateSummary
 from labtune.contract.train import TrainSummary
-from labtune.trainer.cli import run
 from labtune.trainer.digests import SUMS
 from labtune.trainer.promotion import apply_gate, choose, improvement
+from labtune.trainer.trainer_cli import run
 
 from .conftest import write_jsonl
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from labtune.contract import ConfigError
-from labtune.trainer.records import read_samples
+from labtune.trainer.dataset_reader import read_samples
 
 
 def _write(path: Path, *lines: str) -> Path:

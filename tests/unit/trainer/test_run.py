@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED
 from labtune.contract.train import TrainSummary
-from labtune.trainer.cli import run
 from labtune.trainer.digests import SUMS
 from labtune.trainer.launcher import STOP_FILE_ENV
 from labtune.trainer.layout import COMPLETE, Layout, write_text_atomic
 from labtune.trainer.preemption import Preempted, StopRequest
 from labtune.trainer.runner import await_summary
+from labtune.trainer.trainer_cli import run
 
 ADAPTER = "adapter_model.safetensors"
 

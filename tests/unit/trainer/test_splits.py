@@ -4,13 +4,13 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from labtune.contract import ConfigError
-from labtune.trainer.records import Sample
+from labtune.contract.records import Record
 from labtune.trainer.splits import prepare_phase_data, split_samples
 
 
-def _samples(count: int, answer_words: int = 1) -> list[Sample]:
+def _samples(count: int, answer_words: int = 1) -> list[Record]:
     return [
-        Sample(
+        Record(
             messages=[
                 {"role": "user", "content": f"q{n}"},
                 {"role": "assistant", "content": "one " * answer_words},

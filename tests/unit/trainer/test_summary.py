@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labtune.api.tuning_job import CheckpointRecord, TrainingMetrics, TuningOutput
+from labtune.api.tuning_job_types import CheckpointRecord, TrainingMetrics, TuningOutput
 from labtune.contract import SUMMARY_LIMIT_BYTES
 from labtune.contract.train import PhaseSummary, TrainSummary
-from labtune.trainer.cli import _write_termination_log
+from labtune.trainer.trainer_cli import _write_termination_log
 
 
 def test_a_summary_too_large_for_the_termination_log_loses_detail_not_outputs(tmp_path: Path) -> None:

@@ -1,0 +1,317 @@
+"""The reconcile loop shared by the run-to-completion kinds (SyntheticDataRun, TuningJob).
+
+Level-triggered: every call looks at the resource, its dependency and its child Job (as the watches
+last showed them, see `store`), and writes the status that follows from them. Calling it twice in a
+row changes nothing the second time; children have deterministic names, so a restarted operator
+adopts what it made before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from labtune.api.resource import Resource
+from labtune.contract.common import validation_problems
+from labtune.operator import conditions as cond
+from labtune.operator.children.child_names import selector
+from labtune.operator.children.job_observe import (
+    JobView,
+    Refusal,
+    failure_detail,
+    mount_problem,
+    not_ours,
+    pending_pods,
+    refusal,
+    start_problem,
+    termination_message,
+)
+from labtune.operator.children.pod_metrics import Samples
+from labtune.operator.conditions import RunOutcome
+from labtune.operator.machinery.api_client import Kube
+from labtune.operator.machinery.watch_store import Store
+from labtune.operator.settings import OperatorSettings
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The run cannot start yet (or at all, when stalled): a dependency is missing or not ready."""
+
+    reason: str
+    message: str
+    stalled: bool = False
+
+
+@dataclass(frozen=True)
+class CannotRun:
+    """The run can never start (what it depends on failed for good): it fails with this reason."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The children a run needs (the Job last) and status fields fixed when it starts."""
+
+    job_name: str
+    children: tuple[Mapping[str, Any], ...]
+    pinned: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KindCondition:
+    """A condition of the kind's own beside the run conditions (a TuningJob's Evaluated)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a completed Job's summary says about its run."""
+
+    status: dict[str, Any]
+    """Status fields from the summary."""
+    note: str = ""
+    """What a person should know beyond the completion, appended to its message ('' if nothing)."""
+    failure: tuple[str, str] | None = None
+    """(reason, message) when the run finished but its result is not one (a failed gate)."""
+    conditions: tuple[KindCondition, ...] = ()
+
+
+class RunKind(Protocol):
+    """What a run kind contributes to the shared loop."""
+
+    resource: type[Resource]
+
+    def plan(
+        self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
+    ) -> Plan | Waiting | CannotRun: ...
+
+    def finished(self, summary: str) -> Finished:
+        """The run's end from the pod's termination summary; ValueError when it is not valid."""
+        ...
+
+    def gpus(self, spec: Mapping[str, Any]) -> int:
+        """GPUs the run's pods hold together, for GPU-seconds accounting."""
+        ...
+
+    def progress(self, samples: Samples) -> dict[str, Any]:
+        """Status fields from a running pod's metrics."""
+        ...
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change of state worth an Event (and a metric)."""
+
+    old_state: str | None
+    outcome: RunOutcome
+    duration_s: float | None = None
+    gpu_seconds: float = 0.0
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def why_pods_wait(kube: Kube, namespace: str, pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why a Job's pods do not start (reason, message): their statuses say, else their Events (a
+    Secret or ConfigMap volume that does not exist shows only as kubelet's FailedMount)."""
+    if problem := start_problem(pods):
+        return problem
+    return mount_problem([e for pod in pending_pods(pods) for e in kube.list_events(namespace, "Pod", pod)])
+
+
+def _job_outcome(
+    view: JobView, pods: list[dict[str, Any]], want_suspend: bool, problem: tuple[str, str] | None
+) -> RunOutcome:
+    if view.failed:
+        detail = failure_detail(pods)
+        message = f"{view.message} ({detail})" if detail else view.message
+        return RunOutcome("Failed", view.reason or "JobFailed", message)
+    if want_suspend:
+        return RunOutcome("Suspended", "Suspended", f"Job {view.name} is suspended", suspended=True)
+    if view.ready:
+        return RunOutcome(
+            "Running", "JobRunning", f"Job {view.name}: {view.ready} of {view.active} pod(s) running"
+        )
+    if view.active:
+        if problem:
+            return RunOutcome("Pending", *problem)
+        return RunOutcome("Pending", "PodsStarting", f"Job {view.name}: {view.active} pod(s) starting")
+    return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
+
+
+def create_children(kube: Kube, children: tuple[Mapping[str, Any], ...]) -> dict[str, Any] | Refusal:
+    """Creates (or adopts) each child in order and returns the last, or why one cannot be had — a
+    condition on the owner, never only an operator log line."""
+    made: dict[str, Any] = {}
+    for child in children:
+        try:
+            made, created = kube.ensure(child)
+        except ApiException as error:
+            refused = refusal(child, error.status or 0, error.body)
+            if refused is None:
+                raise
+            return refused
+        if not created and (taken := not_ours(child, made)):
+            return taken
+    return made
+
+
+class StaleBody(Exception):
+    """The body in hand is too old to decide on (read the resource again and reconcile anew)."""
+
+
+def _find_job(kube: Kube, store: Store, namespace: str, name: str) -> JobView | None:
+    """The Job as the watch last showed it, or as the API has it when the watch has not shown it
+    yet (a Job created a moment ago); None when it does not exist."""
+    view = store.job(namespace, name)
+    if view is not None:
+        return view
+    job = kube.get_job(namespace, name)
+    return store.put_job(job) if job is not None else None
+
+
+def reconcile_run(
+    kube: Kube,
+    store: Store,
+    body: Mapping[str, Any],
+    kind: RunKind,
+    settings: OperatorSettings,
+    timestamp: str,
+    *,
+    fresh: bool,
+) -> Transition | None:
+    """Brings one run's children and status in line with what exists; returns the transition
+    when the state changed. `fresh`: the body was just read from the API (not from a watch)."""
+    meta, spec = body["metadata"], body["spec"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
+    old: dict[str, Any] = dict(body.get("status") or {})
+    if old.get("completionTime"):
+        return None  # finished runs are final; their children may already be gone (TTL)
+
+    status: dict[str, Any] = {"observedGeneration": generation}
+    job_name = old.get("jobName")
+    view = _find_job(kube, store, namespace, job_name) if job_name else None
+    if view is None:
+        if job_name and not fresh:
+            # The Job the status names is gone: it is recreated only for a run that is still
+            # unfinished as the API has it now, never from a body that may predate its completion.
+            raise StaleBody()
+        plan = kind.plan(kube, body, settings)
+        if isinstance(plan, Waiting):
+            outcome = RunOutcome("Waiting", plan.reason, plan.message, stalled=plan.stalled)
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        if isinstance(plan, CannotRun):
+            status["completionTime"] = timestamp
+            outcome = RunOutcome("Failed", plan.reason, plan.message)
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        made = create_children(kube, plan.children)
+        if isinstance(made, Refusal):
+            outcome = RunOutcome("Waiting", made.reason, made.message, stalled=made.lasting)
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        view = store.put_job(made)
+        if job_name and old.get("startTime"):
+            status["restarts"] = old.get("restarts", 0) + 1  # the Job was deleted under a started run
+        status.update(plan.pinned)
+        status.update({"jobName": plan.job_name, "startTime": old.get("startTime") or timestamp})
+
+    want_suspend = bool(spec.get("suspend"))
+    if view.suspended != want_suspend and not (view.complete or view.failed):
+        kube.set_job_suspend(namespace, view.name, want_suspend)
+    status["restarts"] = max(status.get("restarts", old.get("restarts", 0)), view.failed_pods)
+    # Pods matter only for a finished Job (its summary, or why it failed) and for one whose pods do not
+    # run yet (why not: an image that cannot be pulled, a pod that cannot be scheduled, ...): a running
+    # one is described by the Job's own status, and progress comes from the scrape timer.
+    finished = view.complete or view.failed
+    starting = bool(view.active) and not view.ready and not finished
+    pods = (
+        kube.list_pods(namespace, {**selector(body["kind"], name), JOB_NAME_LABEL: view.name})
+        if finished or starting
+        else []
+    )
+    # Pods the pod failure policy ignored (preempted after a checkpoint, exit 75) count as restarts too,
+    # though the Job's own `failed` leaves them out; their pod objects stay until the Job goes.
+    replaced = sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Failed")
+    status["restarts"] = max(status["restarts"], replaced)
+
+    extra: tuple[KindCondition, ...] = ()
+    if view.complete:
+        try:
+            restarts = status["restarts"]
+            end = kind.finished(termination_message(pods, "Succeeded") or "")
+        except ValueError as error:
+            # One line, as every condition message: pydantic's own text spans several.
+            invalid = validation_problems(error) if isinstance(error, ValidationError) else str(error)
+            outcome = RunOutcome(
+                "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {invalid}"
+            )
+        else:
+            status.update(end.status)
+            status["restarts"] = max(restarts, status["restarts"])
+            extra = end.conditions
+            if end.failure:
+                outcome = RunOutcome("Failed", *end.failure)
+            else:
+                outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed{end.note}")
+        status["completionTime"] = view.completion_time or timestamp
+    else:
+        problem = why_pods_wait(kube, namespace, pods) if starting else None
+        outcome = _job_outcome(view, pods, want_suspend, problem)
+        if outcome.state == "Failed":
+            status["completionTime"] = timestamp
+    return _write(kube, store, kind, body, old, status, outcome, timestamp, view, extra)
+
+
+def _write(
+    kube: Kube,
+    store: Store,
+    kind: RunKind,
+    body: Mapping[str, Any],
+    old: dict[str, Any],
+    status: dict[str, Any],
+    outcome: RunOutcome,
+    timestamp: str,
+    view: JobView | None = None,
+    extra: tuple[KindCondition, ...] = (),
+) -> Transition | None:
+    meta = body["metadata"]
+    generation = meta.get("generation", 0)
+    status["state"] = outcome.state
+    conditions = cond.run_conditions(old.get("conditions") or [], outcome, generation, timestamp)
+    for c in extra:
+        conditions = cond.set_condition(
+            conditions, c.type, c.status, c.reason, c.message, generation, timestamp
+        )
+    status["conditions"] = conditions
+    duration = _seconds_between(view.start_time if view else None, status.get("completionTime"))
+    gpu_seconds = (duration or 0.0) * kind.gpus(body["spec"])
+    if "completionTime" in status:
+        status["gpuSeconds"] = round(gpu_seconds, 1)
+    if all(old.get(key) == value for key, value in status.items()):
+        return None  # nothing changed: no write, no event
+    # The resourceVersion makes a write from a stale body fail with 409 instead of overwriting a
+    # newer status; the caller reads the resource again and reconciles anew.
+    written = kube.patch_status(
+        kind.resource, meta["namespace"], meta["name"], status, meta.get("resourceVersion")
+    )
+    store.put_owner(written)
+    old_reason = (cond.find(old.get("conditions") or [], "Ready") or {}).get("reason")
+    if old.get("state") == outcome.state and old_reason == outcome.reason:
+        return None
+    return Transition(old.get("state"), outcome, duration, gpu_seconds)

@@ -1,0 +1,105 @@
+"""A SyntheticDataRun's part in the shared run loop (runs/run_reconcile.py): it waits for its
+Taxonomy, pins the revision, plans the generator's children, and turns the generator's summary and
+metrics into status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from labtune.api import SyntheticDataRun, Taxonomy
+from labtune.api.resource import Resource
+from labtune.api.taxonomy_types import TaxonomyStatus
+from labtune.contract import metric_names as m
+from labtune.contract.generate import (
+    GenerateSummary,
+)
+from labtune.operator import conditions as cond
+from labtune.operator.children.child_names import default_output
+from labtune.operator.children.pod_metrics import Samples
+from labtune.operator.machinery.api_client import Kube
+from labtune.operator.runs.run_reconcile import Finished, Plan, Waiting
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
+    build_generate_config,
+    build_generator_children,
+)
+
+
+class SyntheticDataRunKind:
+    """The SyntheticDataRun's part in the shared run loop."""
+
+    resource: type[Resource] = SyntheticDataRun
+
+    def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting:
+        run = SyntheticDataRun.model_validate(body)
+        ref = run.spec.taxonomy_ref
+        found = kube.get_resource(Taxonomy, body["metadata"]["namespace"], ref.name)
+        if found is None:
+            return Waiting("TaxonomyNotFound", f"Taxonomy {ref.name} does not exist")
+        taxonomy = Taxonomy.model_validate(found)
+        status = taxonomy.status or TaxonomyStatus()
+        conditions = [c.model_dump(by_alias=True) for c in status.conditions]
+        validated = cond.find(conditions, "Validated")
+        if validated is not None and validated["status"] == "False":
+            message = (
+                f"Taxonomy {ref.name} has {status.error_count or 0} validation error(s); fix them and push"
+            )
+            return Waiting("TaxonomyInvalid", message, stalled=True)
+        if not cond.is_true(conditions, "Ready") or not status.revision:
+            return Waiting("WaitingForTaxonomy", f"Taxonomy {ref.name} is not Ready yet")
+        revision = ref.revision or status.revision
+        output = run.spec.output or default_output(body, settings.artifact_claim)
+        config = build_generate_config(run, taxonomy, revision, output, settings)
+        children = build_generator_children(body, run, taxonomy, config, settings)
+        return Plan(
+            job_name=children[-1]["metadata"]["name"],
+            children=children,
+            pinned={"taxonomyRevision": revision},
+        )
+
+    def finished(self, summary: str) -> Finished:
+        parsed = GenerateSummary.model_validate_json(summary)
+        # The evaluation dataset alone is no result: a run that succeeds has something to train on.
+        if parsed.outputs.knowledge is None and parsed.outputs.skills is None:
+            raise ValueError("the summary names no dataset")
+        progress = {
+            "percent": 100,
+            "leavesDone": parsed.leaves_done,
+            "leavesTotal": parsed.leaves_total,
+            "samplesGenerated": parsed.samples_generated,
+            "samplesKept": parsed.samples_kept,
+        }
+        status: dict[str, Any] = {"outputs": parsed.outputs.to_wire(), "progress": progress}
+        if not parsed.failed_leaf_count:
+            return Finished(status)
+        status["failedLeaves"] = [f.to_wire() for f in parsed.failed_leaves]
+        status["failedLeafCount"] = parsed.failed_leaf_count
+        first = parsed.failed_leaves[0] if parsed.failed_leaves else None
+        detail = f"; first: {first.reason}" if first else ""
+        count = parsed.failed_leaf_count
+        note = f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
+        return Finished(status, note=note)
+
+    def gpus(self, spec: Mapping[str, Any]) -> int:
+        model = (spec.get("teacher") or {}).get("model")
+        return int(model.get("gpus", 1)) if model else 0
+
+    def progress(self, samples: Samples) -> dict[str, Any]:
+        return progress_status(samples)
+
+
+def progress_status(samples: Samples) -> dict[str, Any]:
+    """status.progress from the generator's metrics."""
+    done, total = samples.get(m.GENERATE_LEAVES_DONE), samples.get(m.GENERATE_LEAVES_TOTAL)
+    if done is None or total is None:
+        return {}
+    return {
+        "progress": {
+            "percent": min(100, int(100 * done / total)) if total else 0,
+            "leavesDone": int(done),
+            "leavesTotal": int(total),
+            "samplesGenerated": int(samples.get(m.GENERATE_SAMPLES_GENERATED) or 0),
+            "samplesKept": int(samples.get(m.GENERATE_SAMPLES_KEPT) or 0),
+        }
+    }

@@ -1,0 +1,218 @@
+"""A Taxonomy's reconciliation: start the sync that is due and report the newest finished one in
+status (revision, leaf counts, validation, changed leaves)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pydantic import ValidationError
+
+from labtune.api import Taxonomy
+from labtune.contract.taxonomy_sync import TaxonomySyncSummary
+from labtune.operator import conditions as cond
+from labtune.operator import operator_metrics as metrics
+from labtune.operator.children.child_names import (
+    selector,
+)
+from labtune.operator.children.job_observe import (
+    JobView,
+    Refusal,
+    failure_detail,
+    termination_message,
+    view_job,
+)
+from labtune.operator.conditions import now
+from labtune.operator.machinery.api_client import Kube
+from labtune.operator.machinery.context import Context
+from labtune.operator.machinery.retries import Gone, reconciliation
+from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, create_children, why_pods_wait
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.taxonomy.taxonomy_builders import build_sync_children, sync_job_name
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Status fields and conditions that follow from the newest finished sync."""
+
+    fields: Mapping[str, Any]
+    ready: tuple[bool, str, str]
+    validated: tuple[bool, str, str] | None
+    stalled: bool
+
+
+def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
+    if view.failed:
+        detail = failure_detail(pods)
+        message = f"sync Job {view.name} failed: {view.reason}" + (f" ({detail})" if detail else "")
+        return SyncResult({}, (False, "SyncFailed", message), None, stalled=True)
+    try:
+        summary = TaxonomySyncSummary.model_validate_json(termination_message(pods, "Succeeded") or "")
+    except ValidationError as error:
+        message = f"sync Job {view.name} succeeded without a valid summary: {error.errors()[0]['msg']}"
+        return SyncResult({}, (False, "InvalidSummary", message), None, stalled=True)
+    fields = {
+        "revision": summary.commit,
+        "leafCounts": summary.leaf_counts.to_wire(),
+        "changedLeaves": summary.changed_leaves[:256],
+        "changedLeafCount": summary.changed_leaf_count,
+        "errors": [e.to_wire() for e in summary.errors[:50]],
+        "errorCount": summary.error_count,
+        "warnings": [w.to_wire() for w in summary.warnings[:50]],
+        "warningCount": summary.warning_count,
+        "manifest": summary.manifest,
+        "lastSyncTime": view.completion_time,
+    }
+    counts = f"{summary.leaf_counts.total} leaves, {summary.changed_leaf_count} changed"
+    if summary.error_count:
+        first = summary.errors[0] if summary.errors else None
+        where = f"; first: {first.path}:{first.line or '?'}: {first.message}" if first else ""
+        message = f"{summary.error_count} validation error(s) at {summary.commit[:12]}{where}"
+        return SyncResult(
+            fields, (False, "ValidationFailed", message), (False, "ValidationFailed", message), False
+        )
+    if summary.warning_count:
+        counts += f", {summary.warning_count} warning(s)"
+        if summary.warnings:
+            counts += f"; first: {summary.warnings[0].path}: {summary.warnings[0].message}"
+    if not summary.leaf_counts.total:
+        # Nothing to generate from: a run waiting on this taxonomy would wait for nothing.
+        message = (
+            f"no leaves at {summary.commit[:12]}: no qna.yaml under knowledge/ or compositional_skills/ "
+            f"that spec.include and spec.exclude keep ({counts})"
+        )
+        return SyncResult(fields, (False, "NoLeaves", message), (False, "NoLeaves", message), False)
+    message = f"synced {summary.commit[:12]}: {counts}"
+    return SyncResult(fields, (True, "Synced", message), (True, "Valid", counts), False)
+
+
+def _sync_problem(kube: Kube, namespace: str, name: str, view: JobView) -> tuple[str, str] | None:
+    """Why the running sync Job's pod does not start, if it does not."""
+    if view.ready or not view.active:
+        return None
+    pods = kube.list_pods(namespace, {**selector("Taxonomy", name), JOB_NAME_LABEL: view.name})
+    return why_pods_wait(kube, namespace, pods)
+
+
+def _created(job: Mapping[str, Any]) -> str:
+    created: str = job["metadata"].get("creationTimestamp") or ""
+    return created
+
+
+def reconcile_taxonomy(
+    kube: Kube, body: Mapping[str, Any], settings: OperatorSettings, timestamp: str, epoch: float
+) -> tuple[str, str] | None:
+    """Starts the sync that is due and reports the newest finished one; returns (reason, message)
+    of Ready when it changed."""
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
+    taxonomy = Taxonomy.model_validate(body)
+    old: dict[str, Any] = dict(body.get("status") or {})
+    jobs = sorted(kube.list_jobs(namespace, selector("Taxonomy", name)), key=_created)
+    views = [view_job(job) for job in jobs]
+    due = sync_job_name(name, generation, taxonomy.spec.interval, epoch)
+    running = [v for v in views if not (v.complete or v.failed)]
+    refused: Refusal | None = None
+    status: dict[str, Any] = {"observedGeneration": generation}
+    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    if not running and due not in {v.name for v in views}:
+        made = create_children(kube, build_sync_children(body, taxonomy, due, settings))
+        if isinstance(made, Refusal):
+            refused = made
+        else:
+            views.append(view_job(made))
+            running = [views[-1]]
+            conditions = cond.drop(conditions, cond.STALLED)  # a new attempt is under way
+    finished = [v for v in views if v.complete or v.failed]
+    newest = finished[-1] if finished else None
+    if newest is not None and not (newest.complete and old.get("lastSyncTime") == newest.completion_time):
+        pods = kube.list_pods(namespace, {**selector("Taxonomy", name), JOB_NAME_LABEL: newest.name})
+        result = sync_result(newest, pods)
+        status.update(result.fields)
+        ok, reason, message = result.ready
+        conditions = cond.set_condition(conditions, "Ready", ok, reason, message, generation, timestamp)
+        if result.validated is not None:
+            valid, v_reason, v_message = result.validated
+            conditions = cond.set_condition(
+                conditions, "Validated", valid, v_reason, v_message, generation, timestamp
+            )
+        conditions = (
+            cond.set_condition(conditions, cond.STALLED, True, reason, message, generation, timestamp)
+            if result.stalled
+            else cond.drop(conditions, cond.STALLED)
+        )
+    problem = (
+        (refused.reason, refused.message)
+        if refused
+        else _sync_problem(kube, namespace, name, running[-1])
+        if running
+        else None
+    )
+    # No sync has finished (as far as status knows: finished Jobs go with their TTL): Ready says why
+    # the first one's pod does not start. Later syncs leave Ready to the revision in hand.
+    if newest is None and not old.get("lastSyncTime") and cond.find(conditions, cond.STALLED) is None:
+        reason, message = problem or ("Syncing", f"first sync ({due}) in progress")
+        conditions = cond.set_condition(conditions, "Ready", False, reason, message, generation, timestamp)
+    if running or refused:
+        reason, message = problem or ("Syncing", f"sync Job {running[-1].name} is running")
+        conditions = cond.set_condition(
+            conditions, cond.RECONCILING, True, reason, message, generation, timestamp
+        )
+    else:
+        conditions = cond.drop(conditions, cond.RECONCILING)
+    if refused and refused.lasting:
+        conditions = cond.set_condition(
+            conditions, cond.STALLED, True, refused.reason, refused.message, generation, timestamp
+        )
+    status["conditions"] = conditions
+    if all(old.get(key) == value for key, value in status.items()):
+        return None
+    kube.patch_status(Taxonomy, namespace, name, status)
+    old_ready = cond.find(old.get("conditions") or [], "Ready") or {}
+    new_ready = cond.find(conditions, "Ready") or {}
+    if (old_ready.get("status"), old_ready.get("reason")) == (
+        new_ready.get("status"),
+        new_ready.get("reason"),
+    ):
+        return None
+    return str(new_ready.get("reason", "")), str(new_ready.get("message", ""))
+
+
+def sync_once(context: Context, namespace: str, name: str) -> None:
+    """One reconciliation of a Taxonomy, from a fresh read (Taxonomies are few; their sync Jobs are
+    listed each time, so the interval tick sees every finished sync)."""
+    with reconciliation("Taxonomy"):
+        body = context.kube.get_resource(Taxonomy, namespace, name)
+        if body is None:
+            raise Gone()
+        context.store.put_owner(body)
+        changed = reconcile_taxonomy(context.kube, body, context.settings, now(), time.time())
+        ready = (body.get("status") or {}).get("conditions") or []
+        if changed is not None and context.recorder is not None:
+            reason, message = changed
+            warning = reason not in ("Synced", "Syncing")
+            context.recorder.record(body, "Warning" if warning else "Normal", reason, message)
+        state = (
+            changed[0] if changed else next((c["reason"] for c in ready if c["type"] == "Ready"), "Syncing")
+        )
+        metrics.RESOURCE_STATES.set("Taxonomy", namespace, name, state)
+
+
+def queue_sync(context: Context, namespace: str, name: str) -> None:
+    context.enqueue(("Taxonomy", namespace, name), partial(sync_once, context, namespace, name))
+
+
+def tick_taxonomies(context: Context) -> None:
+    """Queues every known Taxonomy: a sync due by its interval starts within a tick."""
+    for body in context.store.owners("Taxonomy"):
+        queue_sync(context, body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def resync_taxonomies(context: Context) -> None:
+    """Lists the Taxonomies afresh into the store (a missed watch event) and queues each."""
+    taxonomies, version = context.kube.list_resources(Taxonomy, context.settings.namespaces)
+    context.store.relist("Taxonomy", taxonomies, version)
+    tick_taxonomies(context)
