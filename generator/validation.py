@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from instructlab.schema import schema_versions
 from instructlab.schema.taxonomy import (
     DEFAULT_YAMLLINT_CONFIG,
     Taxonomy,
@@ -28,6 +29,10 @@ from labtune.generator import leaves
 
 _PARSER_LOGGER = logging.getLogger("instructlab.schema.taxonomy")
 _PATH_TOKEN = re.compile(r"\.(?P<key>[^.\[]+)|\[(?P<index>\d+)\]|\['(?P<quoted>(?:[^'\\]|\\.)*)'\]")
+_PARSER_CUT = 200
+"""instructlab-schema keeps the last 200 characters of a schema message (`message[-200:]`), which
+for a long value is its middle; such messages are rebuilt from the value, cut at the end."""
+_VALUE_SHOWN = 80
 
 
 class Issue(BaseModel):
@@ -155,6 +160,37 @@ def _unreadable(cause: BaseException | None) -> Issue:
     return Issue(line=1, message=f"cannot read the file: {cause}")
 
 
+def _value_at(contents: object, yaml_path: str) -> object:
+    """The value at a JSON path such as `.seed_examples[2].answer`; None when there is none."""
+    value = contents
+    for token in _PATH_TOKEN.finditer(yaml_path):
+        key = token["key"] or token["quoted"]
+        if isinstance(value, dict) and key is not None:
+            value = value.get(key)
+        elif isinstance(value, list) and token["index"] is not None and int(token["index"]) < len(value):
+            value = value[int(token["index"])]
+        else:
+            return None
+    return value
+
+
+def _uncut(message: str, contents: object, yaml_path: str) -> str:
+    """A schema message the parser cut at its start, told again with the value cut at its end:
+    jsonschema's messages are the value's repr followed by what is wrong with it."""
+    if len(message) < _PARSER_CUT or not yaml_path:
+        return message
+    shown = repr(_value_at(contents, yaml_path))
+    overlap = next((n for n in range(min(len(shown), len(message)), 0, -1) if shown.endswith(message[:n])), 0)
+    if not overlap:
+        return message
+    head = shown if len(shown) <= _VALUE_SHOWN else f"{shown[:_VALUE_SHOWN]}…{shown[-1]}"
+    return head + message[overlap:]
+
+
+def _supported_versions() -> str:
+    return ", ".join(v.name[1:] for v in schema_versions())
+
+
 def validate_file(root: Path, path: str) -> FileReport:
     """Validates one file (`path` relative to `root`) as InstructLab does."""
     if leaves.is_misnamed_leaf(path):
@@ -173,6 +209,10 @@ def validate_file(root: Path, path: str) -> FileReport:
     for severity, line, column, yaml_path, message in collector.records:
         if yaml_path and line == 1:
             line = line_of(text, yaml_path) or line
+        if message.startswith("Cannot load schema file"):
+            message = f"version {taxonomy.version} is not supported; the versions are {_supported_versions()}"
+        else:
+            message = _uncut(message, taxonomy.contents, yaml_path)
         shown = f"{message} (at {yaml_path})" if yaml_path and yaml_path != "." else message
         (report.errors if severity == "error" else report.warnings).append(
             Issue(line=line, column=column, message=shown)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -186,22 +187,30 @@ def train_phase(
     )
 
 
+def final_metrics(log_history: Sequence[Mapping[str, Any]]) -> TrainingMetrics:
+    """The phase's last logged loss, eval loss and learning rate. A phase shorter than
+    `loggingSteps` logs no loss of its own; the Trainer's closing `train_loss` (the mean over the
+    run) stands in, so status always has a loss."""
+    losses = [entry for entry in log_history if "loss" in entry]
+    evals = [entry for entry in log_history if "eval_loss" in entry]
+    closing = [entry["train_loss"] for entry in log_history if "train_loss" in entry]
+    loss = losses[-1]["loss"] if losses else closing[-1] if closing else None
+    return TrainingMetrics(
+        loss=loss,
+        eval_loss=evals[-1]["eval_loss"] if evals else None,
+        learning_rate=losses[-1].get("learning_rate") if losses else None,
+    )
+
+
 def _result(phase: Phase, data: PhaseData, state: TrainerState, folder: Path) -> PhaseResult:
     best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
     if best is None:  # no held-out samples: the last checkpoint is the result
         best = complete_checkpoints(folder)[-1].name
-    losses = [entry for entry in state.log_history if "loss" in entry]
-    evals = [entry for entry in state.log_history if "eval_loss" in entry]
-    metrics = TrainingMetrics(
-        loss=losses[-1]["loss"] if losses else None,
-        eval_loss=evals[-1]["eval_loss"] if evals else None,
-        learning_rate=losses[-1].get("learning_rate") if losses else None,
-    )
     return PhaseResult(
         best_checkpoint=best,
         best_step=checkpoint_step(folder / best) or 0,
         best_eval_loss=state.best_metric,
-        metrics=metrics,
+        metrics=final_metrics(state.log_history),
         summary=PhaseSummary(
             name=phase.name,
             steps=state.global_step,

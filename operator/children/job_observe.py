@@ -25,6 +25,9 @@ class JobView:
     failed_pods: int
     complete: bool
     failed: bool
+    finishing: bool = False
+    """Its pods are done (SuccessCriteriaMet, FailureTarget, or none active after a success) but the
+    Job controller has not written Complete or Failed yet: it waits for the pods to terminate."""
     reason: str = ""
     message: str = ""
     start_time: str | None = None
@@ -39,14 +42,17 @@ def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
 def view_job(job: Mapping[str, Any]) -> JobView:
     status = job.get("status") or {}
     failed = _condition(job, "Failed")
+    done = _condition(job, "SuccessCriteriaMet") or _condition(job, "FailureTarget")
+    active = status.get("active", 0)
     return JobView(
         name=job["metadata"]["name"],
         suspended=_condition(job, "Suspended") is not None or bool(job["spec"].get("suspend")),
-        active=status.get("active", 0),
+        active=active,
         ready=status.get("ready", 0),
         failed_pods=status.get("failed", 0),
         complete=_condition(job, "Complete") is not None,
         failed=failed is not None,
+        finishing=done is not None or (not active and status.get("succeeded", 0) > 0),
         reason=(failed or {}).get("reason", ""),
         message=(failed or {}).get("message", ""),
         start_time=status.get("startTime"),

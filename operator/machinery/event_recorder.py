@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from labtune.operator.conditions import now
 from labtune.operator.machinery.api_client import Kube
 
 log = logging.getLogger(__name__)
 COMPONENT = "labtune-operator"
 MESSAGE_LIMIT = 1024
+INSTANCE = socket.gethostname()[:128]  # the operator's pod name in a cluster
 
 
 def build_event(
-    body: Mapping[str, Any], type_: str, reason: str, message: str, timestamp: str
+    body: Mapping[str, Any], type_: str, reason: str, message: str, at: datetime
 ) -> dict[str, Any]:
+    """A core/v1 Event. `eventTime` has microseconds: two transitions in one second (`firstTimestamp`
+    has whole seconds) still sort in the order they happened in `kubectl events`."""
+    timestamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
     meta = body["metadata"]
     return {
         "apiVersion": "v1",
@@ -40,6 +45,9 @@ def build_event(
         "message": message[:MESSAGE_LIMIT],
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
+        "eventTime": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "action": reason,
+        "reportingInstance": INSTANCE,
         "firstTimestamp": timestamp,
         "lastTimestamp": timestamp,
         "count": 1,
@@ -56,7 +64,7 @@ class Recorder:
         threading.Thread(target=self._post_forever, name="events", daemon=True).start()
 
     def record(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        self._queue.put(build_event(body, type_, reason, message, now()))
+        self._queue.put(build_event(body, type_, reason, message, datetime.now(UTC)))
 
     def _post_forever(self) -> None:
         while True:

@@ -145,6 +145,9 @@ def _job_outcome(
         return RunOutcome("Failed", view.reason or "JobFailed", message)
     if want_suspend:
         return RunOutcome("Suspended", "Suspended", f"Job {view.name} is suspended", suspended=True)
+    if view.finishing:
+        # Between the pods' end and the Job's Complete: the run is still running, not starting again.
+        return RunOutcome("Running", "JobRunning", f"Job {view.name}: its pods finished; completing")
     if view.ready:
         return RunOutcome(
             "Running", "JobRunning", f"Job {view.name}: {view.ready} of {view.active} pod(s) running"

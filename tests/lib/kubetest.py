@@ -235,9 +235,11 @@ class Cluster:
             )
 
     def events(self, name: str) -> list[Any]:
-        return [
+        """The Events about `name`, in the order they were created."""
+        found = [
             e for e in self.core.list_namespaced_event(self.namespace).items if e.involved_object.name == name
         ]
+        return sorted(found, key=lambda e: int(e.metadata.resource_version))
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -200,10 +200,16 @@ def test_progress_from_pod_metrics_then_success_from_the_termination_message(
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "Succeeded")["status"] == "True"
     assert condition(status, "Reconciling") == {}
-    reasons = eventually(
-        lambda: {e.reason for e in cluster.events("train")} >= {"Succeeded"} or None, what="events"
+    events = eventually(
+        lambda: ((found := cluster.events("train")) and found[-1].reason == "Succeeded" and found) or None,
+        what="the Succeeded Event",
     )
-    assert reasons
+    # In the order posted (the API server's resourceVersion), each once: no "waiting for its pods to
+    # start" between the pods' end and the Job's Complete, nothing before the Job was created.
+    reasons = [e.reason for e in events]
+    assert reasons[0] == "JobCreated", reasons
+    assert reasons[reasons.index("JobRunning") :] == ["JobRunning", "Succeeded"], reasons
+    assert len(set(reasons)) == len(reasons), reasons
 
 
 BENCHMARK = {"name": "facts", "dataset": "pvc://data/facts.jsonl", "generation": False}

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from labtune.contract.evaluate import EvaluateSummary, ExampleResult
+from labtune.contract.train import TrainSummary
 from labtune.trainer.trainer_cli import run as labtune_train
 
 pytestmark = pytest.mark.integration
@@ -50,10 +51,14 @@ def adapter(tmp_path_factory: pytest.TempPathFactory, train_config: Callable[...
         evaluation={"heldOutFraction": 0.0},
         checkpoints={"everySteps": 100, "keep": 1},
         mergeAdapter=False,
+        loggingSteps=10,  # more than the run has: its loss still reaches the summary
     )
     started = time.monotonic()
     assert labtune_train(config) == 0
     print(f"train: {time.monotonic() - started:.1f} s")
+    summary = TrainSummary.model_validate_json((folder / "termination-log").read_text())
+    assert summary.metrics.loss is not None
+    assert 0.0 < summary.metrics.loss < 10.0
     return folder / "out" / "adapter"
 
 

@@ -88,6 +88,26 @@ def test_version_selects_the_schema(tree: Path) -> None:
     assert "Version 2 is not supported for knowledge" in error.message
 
 
+def test_an_unknown_version_names_the_supported_ones(tree: Path) -> None:
+    _edit(tree, SKILL, "version: 3", "version: 9")
+    (error,) = validate_file(tree, SKILL).errors
+    assert error.message == "version 9 is not supported; the versions are 1, 2, 3"
+
+
+def test_a_long_value_is_cut_at_its_end_not_its_start(tree: Path) -> None:
+    long = "Explain your reasoning step by step before you answer. " * 8
+    _edit(
+        tree,
+        SKILL,
+        "task_description: Write a haiku about the given subject.",
+        f"task_description: [{long!r}]",
+    )
+    (error,) = validate_file(tree, SKILL).errors
+    assert error.message.startswith("['Explain your reasoning step by step")
+    assert error.message.endswith("…] is not of type 'string' (at .task_description)")
+    assert len(error.message) < 160
+
+
 def test_lint_warnings_count_as_errors_with_line_and_column(tree: Path) -> None:
     _edit(tree, SKILL, "created_by: labtune-tests", "created_by: labtune-tests   ")
     (error,) = validate_file(tree, SKILL).errors
