@@ -9,6 +9,7 @@ from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
 from labtune.api.resource import Resource
+from labtune.api.synthetic_data_run_types import TeacherModel
 from labtune.api.taxonomy_types import TaxonomyStatus
 from labtune.contract import metric_names as m
 from labtune.contract.generate import (
@@ -83,7 +84,7 @@ class SyntheticDataRunKind:
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         model = (spec.get("teacher") or {}).get("model")
-        return int(model.get("gpus", 1)) if model else 0
+        return TeacherModel.model_validate(model).gpus if model else 0
 
     def progress(self, samples: Samples) -> dict[str, Any]:
         return progress_status(samples)

@@ -10,6 +10,7 @@ from typing import Any
 from labtune.api import SyntheticDataRun, TuningJob
 from labtune.api.resource import Resource
 from labtune.api.synthetic_data_run_types import SyntheticDataRunStatus
+from labtune.api.tuning_job_types import TrainingResources
 from labtune.contract import metric_names as m
 from labtune.contract.train import Datasets, TrainSummary
 from labtune.operator.children.pod_metrics import Samples
@@ -139,8 +140,9 @@ class TuningJobKind:
         )
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
-        resources = spec.get("resources") or {}
-        return int(resources.get("gpusPerNode", 1)) * int(resources.get("nodes", 1))
+        # The model's defaults, not repeated here: an omitted gpusPerNode is the spec's default.
+        resources = TrainingResources.model_validate(spec.get("resources") or {})
+        return resources.gpus_per_node * resources.nodes
 
     def progress(self, samples: Samples) -> dict[str, Any]:
         return progress_status(samples)

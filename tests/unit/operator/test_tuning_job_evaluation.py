@@ -279,3 +279,11 @@ def test_a_judge_gets_its_key_and_ca_from_secrets_where_the_trainer_reads_them()
         "prometheus-8x7b",
         4,
     )
+
+
+@pytest.mark.parametrize(
+    ("resources", "gpus"),
+    [({}, 1), ({"gpusPerNode": 0}, 0), ({"gpusPerNode": 4, "nodes": 2}, 8), ({"nodes": 3}, 3)],
+)
+def test_gpu_seconds_count_the_spec_defaults(resources: dict[str, Any], gpus: int) -> None:
+    assert TuningJobKind().gpus({"resources": resources} if resources else {}) == gpus
