@@ -1,0 +1,181 @@
+"""The shared run loop (runs/run_reconcile.py, runs/run_worker.py) against an in-memory fake of the
+API client and the real watch store: each state transition of a TuningJob, idempotence, the 409
+retry, and the wait for a SyntheticDataRun and its release. No control plane; runs in well under
+a second."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fake_kube import FakeKube
+
+from labtune.api import API_VERSION
+from labtune.operator.children.child_names import selector
+from labtune.operator.machinery.context import Context
+from labtune.operator.machinery.retries import RetryLater
+from labtune.operator.machinery.watch_store import Store
+from labtune.operator.machinery.work_queue import WorkQueue
+from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, Transition, reconcile_run
+from labtune.operator.runs.run_worker import run_once
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.tuning_job.tuning_job_reconcile import TuningJobKind
+
+KIND = TuningJobKind()
+SDG_META = {"name": "sdg", "namespace": "ns"}
+SETTINGS = OperatorSettings()
+JOB = "train-train"
+SUMMARY = {
+    "output": {"adapter": "pvc://labtune-artifacts/out/adapter", "adapterSha256": "a" * 64},
+    "metrics": {"loss": 0.9},
+    "steps": 10,
+    "tokens": 1000,
+    "checkpoints": [],
+}
+
+
+def tuning_job(**data: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TuningJob",
+        "metadata": {"name": "train", "namespace": "ns"},
+        "spec": {
+            "baseModel": {"uri": "pvc://models/base"},
+            "data": data or {"knowledge": "pvc://data/k.jsonl", "skills": "pvc://data/s.jsonl"},
+            "resources": {"gpusPerNode": 0},
+        },
+    }
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store()
+
+
+def reconcile(kube: FakeKube, store: Store, fresh: bool = False) -> Transition | None:
+    body = store.owner("TuningJob", "ns", "train") or store.put_owner(
+        kube.get("TuningJob", "ns", "train") or {}
+    )
+    return reconcile_run(kube, store, body, KIND, SETTINGS, "2026-12-03T00:00:00Z", fresh=fresh)  # type: ignore[arg-type]
+
+
+def job_moves(kube: FakeKube, store: Store, status: dict[str, Any]) -> None:
+    """What the Job controller writes and the watch then shows."""
+    job = kube.get("Job", "ns", JOB)
+    assert job is not None
+    store.put_job(kube.put({**job, "status": status}))
+
+
+def state(kube: FakeKube) -> tuple[str, str]:
+    status = (kube.get("TuningJob", "ns", "train") or {})["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    return status["state"], ready["reason"]
+
+
+def finished_pod(kube: FakeKube) -> None:
+    labels = {**selector("TuningJob", "train"), JOB_NAME_LABEL: JOB}
+    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(SUMMARY)}
+    kube.put(
+        {
+            "kind": "Pod",
+            "metadata": {"name": f"{JOB}-x", "namespace": "ns", "labels": labels},
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [{"name": "main", "state": {"terminated": terminated}}],
+            },
+        }
+    )
+
+
+def test_every_transition_from_creation_to_success(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job())
+    steps: list[tuple[str, str, bool]] = []
+
+    def step() -> None:
+        transition = reconcile(kube, store)
+        steps.append((*state(kube), transition is not None))
+
+    step()  # children made, the Job named in status
+    assert [w for w in kube.writes if w[0] == "create"] == [("create", "ConfigMap"), ("create", "Job")]
+    writes = len(kube.writes)
+    step()  # nothing changed: nothing written, no transition
+    assert len(kube.writes) == writes
+    job_moves(kube, store, {"active": 1})
+    step()
+    job_moves(kube, store, {"active": 1, "ready": 1})
+    step()
+    job_moves(kube, store, {"succeeded": 1, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]})
+    step()  # the pods are done, the Job not yet Complete: still running, no new Event
+    finished_pod(kube)
+    complete = [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]
+    job_moves(kube, store, {"succeeded": 1, "conditions": complete, "completionTime": "2026-12-03T00:01:00Z"})
+    step()
+    assert steps == [
+        ("Pending", "JobCreated", True),
+        ("Pending", "JobCreated", False),
+        ("Pending", "PodsStarting", True),
+        ("Running", "JobRunning", True),
+        ("Running", "JobRunning", False),
+        ("Succeeded", "Succeeded", True),
+    ]
+    status = (kube.get("TuningJob", "ns", "train") or {})["status"]
+    assert status["output"] == SUMMARY["output"]
+    assert status["metrics"]["loss"] == 0.9
+    assert reconcile(kube, store) is None  # finished runs are final
+
+
+def test_a_status_write_that_meets_409_is_read_again_and_retried(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job())
+    context = Context(kube, SETTINGS, WorkQueue(threads=0), store=store)  # type: ignore[arg-type]
+    kube.conflicts_to_inject = 2
+    run_once(context, KIND, "ns", "train")
+    assert state(kube) == ("Pending", "JobCreated")
+    assert [w for w in kube.writes if w[0] == "create"] == [("create", "ConfigMap"), ("create", "Job")]
+
+    kube.conflicts_to_inject = 100  # another writer that never stops: handed to the retries
+    job_moves(kube, store, {"active": 1, "ready": 1})
+    with pytest.raises(RetryLater, match="409 Conflict 5 times"):
+        run_once(context, KIND, "ns", "train")
+
+
+def test_a_run_waits_for_its_synthetic_data_run_and_is_released_by_it(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job(syntheticDataRunRef={"name": "sdg"}))
+    assert reconcile(kube, store) is not None
+    assert state(kube) == ("Waiting", "SyntheticDataRunNotFound")
+    assert store.dependents("TuningJob", "ns", "sdg") == ["train"]
+    sdg = {
+        "apiVersion": API_VERSION,
+        "kind": "SyntheticDataRun",
+        "metadata": {"name": "sdg", "namespace": "ns"},
+    }
+    kube.put({**sdg, "status": {"state": "Running"}})
+    reconcile(kube, store)
+    assert state(kube) == ("Waiting", "WaitingForSyntheticDataRun")
+    outputs = {
+        name: {"uri": f"pvc://data/out/{name}.jsonl", "samples": 5, "sha256": "b" * 64}
+        for name in ("knowledge", "skills")
+    }
+    kube.put({**sdg, "status": {"state": "Succeeded", "outputs": outputs}})
+    reconcile(kube, store)
+    assert state(kube) == ("Pending", "JobCreated")
+    config = (kube.get("ConfigMap", "ns", JOB) or {})["data"]["config.yaml"]
+    assert "pvc://data/out/knowledge.jsonl" in config
+
+
+def test_a_failed_synthetic_data_run_fails_the_run_for_good(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job(syntheticDataRunRef={"name": "sdg"}))
+    sdg = {
+        "apiVersion": API_VERSION,
+        "kind": "SyntheticDataRun",
+        "metadata": {"name": "sdg", "namespace": "ns"},
+    }
+    kube.put({**sdg, "status": {"state": "Failed"}})
+    reconcile(kube, store)
+    assert state(kube) == ("Failed", "SyntheticDataRunFailed")
+    assert not [w for w in kube.writes if w[0] == "create"]
