@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from labtune.api.base import StatusBase
 from labtune.api.resource import Resource
 from labtune.contract.common import validation_problems
 from labtune.operator import conditions as cond
@@ -74,6 +75,12 @@ class KindCondition:
     status: bool
     reason: str
     message: str
+
+
+def status_patch(status: StatusBase) -> dict[str, Any]:
+    """A status model as the merge patch of the fields it sets: camelCase from the model, and an
+    explicit None (a value the run no longer has) kept as null so that the patch removes it."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
 from labtune.api.resource import Resource
-from labtune.api.synthetic_data_run_types import TeacherModel
+from labtune.api.synthetic_data_run_types import GenerationProgress, SyntheticDataRunStatus, TeacherModel
 from labtune.api.taxonomy_types import TaxonomyStatus
 from labtune.contract import metric_names as m
 from labtune.contract.generate import (
@@ -19,7 +19,7 @@ from labtune.operator import conditions as cond
 from labtune.operator.children.child_names import default_output
 from labtune.operator.children.pod_metrics import Samples
 from labtune.operator.machinery.api_client import Kube
-from labtune.operator.runs.run_reconcile import Finished, Plan, Waiting
+from labtune.operator.runs.run_reconcile import Finished, Plan, Waiting, status_patch
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     build_generate_config,
@@ -64,23 +64,25 @@ class SyntheticDataRunKind:
         # The evaluation dataset alone is no result: a run that succeeds has something to train on.
         if parsed.outputs.knowledge is None and parsed.outputs.skills is None:
             raise ValueError("the summary names no dataset")
-        progress = {
-            "percent": 100,
-            "leavesDone": parsed.leaves_done,
-            "leavesTotal": parsed.leaves_total,
-            "samplesGenerated": parsed.samples_generated,
-            "samplesKept": parsed.samples_kept,
-        }
-        status: dict[str, Any] = {"outputs": parsed.outputs.to_wire(), "progress": progress}
+        status = SyntheticDataRunStatus(
+            outputs=parsed.outputs,
+            progress=GenerationProgress(
+                percent=100,
+                leaves_done=parsed.leaves_done,
+                leaves_total=parsed.leaves_total,
+                samples_generated=parsed.samples_generated,
+                samples_kept=parsed.samples_kept,
+            ),
+        )
         if not parsed.failed_leaf_count:
-            return Finished(status)
-        status["failedLeaves"] = [f.to_wire() for f in parsed.failed_leaves]
-        status["failedLeafCount"] = parsed.failed_leaf_count
+            return Finished(status_patch(status))
+        status.failed_leaves = parsed.failed_leaves
+        status.failed_leaf_count = parsed.failed_leaf_count
         first = parsed.failed_leaves[0] if parsed.failed_leaves else None
         detail = f"; first: {first.reason}" if first else ""
         count = parsed.failed_leaf_count
         note = f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
-        return Finished(status, note=note)
+        return Finished(status_patch(status), note=note)
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         model = (spec.get("teacher") or {}).get("model")
@@ -95,12 +97,11 @@ def progress_status(samples: Samples) -> dict[str, Any]:
     done, total = samples.get(m.GENERATE_LEAVES_DONE), samples.get(m.GENERATE_LEAVES_TOTAL)
     if done is None or total is None:
         return {}
-    return {
-        "progress": {
-            "percent": min(100, int(100 * done / total)) if total else 0,
-            "leavesDone": int(done),
-            "leavesTotal": int(total),
-            "samplesGenerated": int(samples.get(m.GENERATE_SAMPLES_GENERATED) or 0),
-            "samplesKept": int(samples.get(m.GENERATE_SAMPLES_KEPT) or 0),
-        }
-    }
+    progress = GenerationProgress(
+        percent=min(100, int(100 * done / total)) if total else 0,
+        leaves_done=int(done),
+        leaves_total=int(total),
+        samples_generated=int(samples.get(m.GENERATE_SAMPLES_GENERATED) or 0),
+        samples_kept=int(samples.get(m.GENERATE_SAMPLES_KEPT) or 0),
+    )
+    return status_patch(SyntheticDataRunStatus(progress=progress))

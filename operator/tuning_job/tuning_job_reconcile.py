@@ -10,12 +10,24 @@ from typing import Any
 from labtune.api import SyntheticDataRun, TuningJob
 from labtune.api.resource import Resource
 from labtune.api.synthetic_data_run_types import SyntheticDataRunStatus
-from labtune.api.tuning_job_types import TrainingResources
+from labtune.api.tuning_job_types import (
+    TrainingMetrics,
+    TrainingProgress,
+    TrainingResources,
+    TuningJobStatus,
+)
 from labtune.contract import metric_names as m
 from labtune.contract.train import Datasets, TrainSummary
 from labtune.operator.children.pod_metrics import Samples
 from labtune.operator.machinery.api_client import Kube
-from labtune.operator.runs.run_reconcile import CannotRun, Finished, KindCondition, Plan, Waiting
+from labtune.operator.runs.run_reconcile import (
+    CannotRun,
+    Finished,
+    KindCondition,
+    Plan,
+    Waiting,
+    status_patch,
+)
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job.tuning_job_builders import _config_digest, build_trainer_plan
 from labtune.operator.tuning_job.tuning_job_evaluation import (
@@ -98,43 +110,41 @@ class TuningJobKind:
         parsed = TrainSummary.model_validate_json(summary)  # pydantic's ValidationError is a ValueError
         if not (parsed.output.adapter or parsed.output.model):
             raise ValueError("the summary names no adapter and no model")
-        status: dict[str, Any] = {
-            "output": parsed.output.to_wire(),
-            # The summary's metrics replace what was scraped while running: the merge patch's nulls
-            # remove a value the summary does not have (a run too short to log a loss has none).
-            "metrics": parsed.metrics.model_dump(mode="json", by_alias=True),
-            "checkpoints": [c.to_wire() for c in parsed.checkpoints],
-            "progress": {"percent": 100, "step": parsed.steps, "totalSteps": parsed.steps},
+        status = TuningJobStatus(
+            # The summary's metrics replace what was scraped while running: every field is set, so
+            # the merge patch's nulls remove a value the summary does not have.
+            metrics=TrainingMetrics.model_validate(parsed.metrics.model_dump()),
+            checkpoints=parsed.checkpoints,
+            progress=TrainingProgress(percent=100, step=parsed.steps, total_steps=parsed.steps),
             # Pods the pod failure policy replaced after a checkpoint (exit 75) are not in the Job's
             # `failed`, and a deleted pod leaves no object: the trainer counts its own starts.
-            "restarts": parsed.restarts,
-        }
+            restarts=parsed.restarts,
+        )
         evaluation = parsed.evaluation
         if evaluation is None:
-            return Finished(status)
-        status["evaluation"] = evaluation.to_wire()
+            status.output = parsed.output
+            return Finished(status_patch(status))
+        status.evaluation = evaluation
         scored = headline(evaluation)
         gate = evaluation.gate
-        if gate is None:
-            return Finished(
-                status, note=f"; {scored}", conditions=(KindCondition(EVALUATED, True, "Scored", scored),)
+        if gate is None or gate.passed:
+            status.output = parsed.output
+            reason, message = (
+                ("Scored", scored) if gate is None else ("GatePassed", f"{scored}; {gate_text(gate)}: passed")
             )
-        if gate.passed:
-            message = f"{scored}; {gate_text(gate)}: passed"
             return Finished(
-                status,
+                status_patch(status),
                 note=f"; {message}",
-                conditions=(KindCondition(EVALUATED, True, "GatePassed", message),),
+                conditions=(KindCondition(EVALUATED, True, reason, message),),
             )
         # Not promoted: no status.output, so nothing that deploys what a TuningJob reports picks it up.
         kept = parsed.output.adapter or parsed.output.model
-        del status["output"]
         message = (
             f"the tuned model does not clear the gate and is not promoted: {gate_text(gate)} "
             f"({scored}); its output stays at {kept} for inspection"
         )
         return Finished(
-            status,
+            status_patch(status),
             failure=(GATE_FAILED, message),
             conditions=(KindCondition(EVALUATED, False, GATE_FAILED, message),),
         )
@@ -150,27 +160,27 @@ class TuningJobKind:
 
 def progress_status(samples: Samples) -> dict[str, Any]:
     """status.progress / metrics / currentPhase from the trainer's metrics."""
+    status = TuningJobStatus()
     step, total = samples.get(m.TRAIN_STEP), samples.get(m.TRAIN_TOTAL_STEPS)
-    progress: dict[str, Any] = {}
     if step is not None and total:
-        progress = {"step": int(step), "totalSteps": int(total), "percent": min(100, int(100 * step / total))}
-        progress["epoch"] = round(samples.get(m.TRAIN_EPOCH) or 0.0, 3)
         eta = samples.get(m.TRAIN_ETA_SECONDS)
-        if eta is not None:
-            progress["etaSeconds"] = int(eta)
+        status.progress = TrainingProgress(
+            step=int(step),
+            total_steps=int(total),
+            percent=min(100, int(100 * step / total)),
+            epoch=round(samples.get(m.TRAIN_EPOCH) or 0.0, 3),
+            **({"eta_seconds": int(eta)} if eta is not None else {}),
+        )
     named = {
         "loss": m.TRAIN_LOSS,
-        "evalLoss": m.TRAIN_EVAL_LOSS,
-        "learningRate": m.TRAIN_LEARNING_RATE,
-        "tokensPerSecond": m.TRAIN_TOKENS_PER_SECOND,
+        "eval_loss": m.TRAIN_EVAL_LOSS,
+        "learning_rate": m.TRAIN_LEARNING_RATE,
+        "tokens_per_second": m.TRAIN_TOKENS_PER_SECOND,
     }
-    metrics = {key: value for key, name in named.items() if (value := samples.get(name)) is not None}
-    status: dict[str, Any] = {}
-    if progress:
-        status["progress"] = progress
-    if metrics:
-        status["metrics"] = metrics
+    scraped = {field: value for field, name in named.items() if (value := samples.get(name)) is not None}
+    if scraped:
+        status.metrics = TrainingMetrics(**scraped)
     phase = samples.labels.get(m.TRAIN_PHASE, {}).get("phase")
     if phase:
-        status["currentPhase"] = phase
-    return status
+        status.current_phase = phase
+    return status_patch(status)
