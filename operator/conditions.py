@@ -3,57 +3,56 @@ resource (SyntheticDataRun, TuningJob) derived from its one-word state."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from labtune.api.base import RunState
+from labtune.api.base import Condition, RunState
 
 RUN_CONDITIONS = ("Ready", "Waiting", "Running", "Suspended", "Succeeded", "Failed")
 # kstatus "abnormal-true" conditions: present (True) only while they hold.
 RECONCILING, STALLED = "Reconciling", "Stalled"
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now() -> datetime:
+    """The time a reconciliation stamps on what it writes: whole seconds, as metav1.Time has."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
-def find(conditions: Iterable[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
+def find(conditions: Iterable[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
 
 
-def is_true(conditions: Iterable[Mapping[str, Any]], type_: str) -> bool:
+def is_true(conditions: Iterable[Condition], type_: str) -> bool:
     found = find(conditions, type_)
-    return found is not None and found.get("status") == "True"
+    return found is not None and found.status == "True"
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     type_: str,
     status: bool,
     reason: str,
     message: str,
     generation: int,
-    timestamp: str,
-) -> list[dict[str, Any]]:
+    timestamp: datetime,
+) -> list[Condition]:
     """Returns the list with one condition set; lastTransitionTime moves only when status changes."""
     value = "True" if status else "False"
     old = find(conditions, type_)
-    changed = old is None or old.get("status") != value
-    condition = {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": timestamp if changed or old is None else old["lastTransitionTime"],
-        "observedGeneration": generation,
-    }
-    return [c for c in conditions if c.get("type") != type_] + [condition]
+    condition = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=old.last_transition_time if old and old.status == value else timestamp,
+        observed_generation=generation,
+    )
+    return [c for c in conditions if c.type != type_] + [condition]
 
 
-def drop(conditions: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
-    return [c for c in conditions if c.get("type") != type_]
+def drop(conditions: list[Condition], type_: str) -> list[Condition]:
+    return [c for c in conditions if c.type != type_]
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ class RunOutcome:
 
 
 def run_conditions(
-    existing: list[dict[str, Any]], outcome: RunOutcome, generation: int, timestamp: str
-) -> list[dict[str, Any]]:
+    existing: list[Condition], outcome: RunOutcome, generation: int, timestamp: datetime
+) -> list[Condition]:
     """The full condition list of a run: Ready (True once succeeded) and one condition per state,
     each True only in its state, plus kstatus Reconciling/Stalled."""
     holds = {
@@ -81,8 +80,8 @@ def run_conditions(
         "Failed": outcome.state == "Failed",
     }
     managed = (*RUN_CONDITIONS, RECONCILING, STALLED)
-    previous = {c["type"]: c for c in existing if c.get("type") in managed}
-    conditions = [c for c in existing if c.get("type") not in managed]
+    previous = {c.type: c for c in existing if c.type in managed}
+    conditions = [c for c in existing if c.type not in managed]
 
     def put(type_: str, status: bool, reason: str, message: str) -> None:
         nonlocal conditions

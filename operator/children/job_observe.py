@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from labtune.operator.children.pod_template import MAIN_CONTAINER
@@ -30,8 +31,8 @@ class JobView:
     Job controller has not written Complete or Failed yet: it waits for the pods to terminate."""
     reason: str = ""
     message: str = ""
-    start_time: str | None = None
-    completion_time: str | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
 
 
 def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -55,9 +56,13 @@ def view_job(job: Mapping[str, Any]) -> JobView:
         finishing=done is not None or (not active and status.get("succeeded", 0) > 0),
         reason=(failed or {}).get("reason", ""),
         message=(failed or {}).get("message", ""),
-        start_time=status.get("startTime"),
-        completion_time=status.get("completionTime"),
+        start_time=_time(status.get("startTime")),
+        completion_time=_time(status.get("completionTime")),
     )
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def _main_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:

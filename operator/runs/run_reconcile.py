@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from labtune.api.base import StatusBase
+from labtune.api.base import RunStatusBase, StatusBase
 from labtune.api.resource import Resource
 from labtune.contract.common import validation_problems
 from labtune.operator import conditions as cond
@@ -64,7 +64,8 @@ class Plan:
 
     job_name: str
     children: tuple[Mapping[str, Any], ...]
-    pinned: Mapping[str, Any] = field(default_factory=dict)
+    pinned: RunStatusBase = field(default_factory=RunStatusBase)
+    """Status fields fixed at the start (the fields it sets), in the kind's status model."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,29 @@ def status_patch(status: StatusBase) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
+S = TypeVar("S", bound=StatusBase)
+
+
+def merge(into: S, part: StatusBase) -> S:
+    """`into` with every field `part` sets (both the kind's status model, or part its base)."""
+    for name in part.model_fields_set:
+        setattr(into, name, getattr(part, name))
+    return into
+
+
+def unchanged(old: StatusBase, new: StatusBase) -> bool:
+    """Whether writing `new` (the fields it sets) would change nothing in `old`. Compared as models,
+    not as wire dicts, so that a field the API returns in another spelling (12 for 12.0, a default
+    left out) does not count as a change."""
+    return all(getattr(old, name) == getattr(new, name) for name in new.model_fields_set)
+
+
 @dataclass(frozen=True)
 class Finished:
     """What a completed Job's summary says about its run."""
 
-    status: dict[str, Any]
-    """Status fields from the summary."""
+    status: RunStatusBase
+    """Status fields from the summary (those it sets), in the kind's status model."""
     note: str = ""
     """What a person should know beyond the completion, appended to its message ('' if nothing)."""
     failure: tuple[str, str] | None = None
@@ -100,6 +118,7 @@ class RunKind(Protocol):
     """What a run kind contributes to the shared loop."""
 
     resource: type[Resource]
+    status_model: type[RunStatusBase]
 
     def plan(
         self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
@@ -113,8 +132,8 @@ class RunKind(Protocol):
         """GPUs the run's pods hold together, for GPU-seconds accounting."""
         ...
 
-    def progress(self, samples: Samples) -> dict[str, Any]:
-        """Status fields from a running pod's metrics."""
+    def progress(self, samples: Samples) -> RunStatusBase | None:
+        """Status fields from a running pod's metrics (None: they say nothing yet)."""
         ...
 
 
@@ -128,11 +147,8 @@ class Transition:
     gpu_seconds: float = 0.0
 
 
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    parse = datetime.fromisoformat
-    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None
 
 
 def why_pods_wait(kube: Kube, namespace: str, pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -203,7 +219,7 @@ def reconcile_run(
     body: Mapping[str, Any],
     kind: RunKind,
     settings: OperatorSettings,
-    timestamp: str,
+    timestamp: datetime,
     *,
     fresh: bool,
 ) -> Transition | None:
@@ -211,15 +227,14 @@ def reconcile_run(
     when the state changed. `fresh`: the body was just read from the API (not from a watch)."""
     meta, spec = body["metadata"], body["spec"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
-    old: dict[str, Any] = dict(body.get("status") or {})
-    if old.get("completionTime"):
+    old = kind.status_model.model_validate(body.get("status") or {})
+    if old.completion_time:
         return None  # finished runs are final; their children may already be gone (TTL)
 
-    status: dict[str, Any] = {"observedGeneration": generation}
-    job_name = old.get("jobName")
-    view = _find_job(kube, store, namespace, job_name) if job_name else None
+    status = kind.status_model(observed_generation=generation)
+    view = _find_job(kube, store, namespace, old.job_name) if old.job_name else None
     if view is None:
-        if job_name and not fresh:
+        if old.job_name and not fresh:
             # The Job the status names is gone: it is recreated only for a run that is still
             # unfinished as the API has it now, never from a body that may predate its completion.
             raise StaleBody()
@@ -228,7 +243,7 @@ def reconcile_run(
             outcome = RunOutcome("Waiting", plan.reason, plan.message, stalled=plan.stalled)
             return _write(kube, store, kind, body, old, status, outcome, timestamp)
         if isinstance(plan, CannotRun):
-            status["completionTime"] = timestamp
+            status.completion_time = timestamp
             outcome = RunOutcome("Failed", plan.reason, plan.message)
             return _write(kube, store, kind, body, old, status, outcome, timestamp)
         made = create_children(kube, plan.children)
@@ -236,15 +251,15 @@ def reconcile_run(
             outcome = RunOutcome("Waiting", made.reason, made.message, stalled=made.lasting)
             return _write(kube, store, kind, body, old, status, outcome, timestamp)
         view = store.put_job(made)
-        if job_name and old.get("startTime"):
-            status["restarts"] = old.get("restarts", 0) + 1  # the Job was deleted under a started run
-        status.update(plan.pinned)
-        status.update({"jobName": plan.job_name, "startTime": old.get("startTime") or timestamp})
+        if old.job_name and old.start_time:
+            status.restarts = old.restarts + 1  # the Job was deleted under a started run
+        merge(status, plan.pinned)
+        status.job_name = plan.job_name
+        status.start_time = old.start_time or timestamp
 
     want_suspend = bool(spec.get("suspend"))
     if view.suspended != want_suspend and not (view.complete or view.failed):
         kube.set_job_suspend(namespace, view.name, want_suspend)
-    status["restarts"] = max(status.get("restarts", old.get("restarts", 0)), view.failed_pods)
     # Pods matter only for a finished Job (its summary, or why it failed) and for one whose pods do not
     # run yet (why not: an image that cannot be pulled, a pod that cannot be scheduled, ...): a running
     # one is described by the Job's own status, and progress comes from the scrape timer.
@@ -258,12 +273,11 @@ def reconcile_run(
     # Pods the pod failure policy ignored (preempted after a checkpoint, exit 75) count as restarts too,
     # though the Job's own `failed` leaves them out; their pod objects stay until the Job goes.
     replaced = sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Failed")
-    status["restarts"] = max(status["restarts"], replaced)
+    status.restarts = max(status.restarts, old.restarts, view.failed_pods, replaced)
 
     extra: tuple[KindCondition, ...] = ()
     if view.complete:
         try:
-            restarts = status["restarts"]
             end = kind.finished(termination_message(pods, "Succeeded") or "")
         except ValueError as error:
             # One line, as every condition message: pydantic's own text spans several.
@@ -272,19 +286,20 @@ def reconcile_run(
                 "Failed", "InvalidSummary", f"the pod succeeded without a valid summary: {invalid}"
             )
         else:
-            status.update(end.status)
-            status["restarts"] = max(restarts, status["restarts"])
+            restarts = status.restarts
+            merge(status, end.status)
+            status.restarts = max(restarts, status.restarts)
             extra = end.conditions
             if end.failure:
                 outcome = RunOutcome("Failed", *end.failure)
             else:
                 outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed{end.note}")
-        status["completionTime"] = view.completion_time or timestamp
+        status.completion_time = view.completion_time or timestamp
     else:
         problem = why_pods_wait(kube, namespace, pods) if starting else None
         outcome = _job_outcome(view, pods, want_suspend, problem)
         if outcome.state == "Failed":
-            status["completionTime"] = timestamp
+            status.completion_time = timestamp
     return _write(kube, store, kind, body, old, status, outcome, timestamp, view, extra)
 
 
@@ -293,35 +308,35 @@ def _write(
     store: Store,
     kind: RunKind,
     body: Mapping[str, Any],
-    old: dict[str, Any],
-    status: dict[str, Any],
+    old: RunStatusBase,
+    status: RunStatusBase,
     outcome: RunOutcome,
-    timestamp: str,
+    timestamp: datetime,
     view: JobView | None = None,
     extra: tuple[KindCondition, ...] = (),
 ) -> Transition | None:
     meta = body["metadata"]
     generation = meta.get("generation", 0)
-    status["state"] = outcome.state
-    conditions = cond.run_conditions(old.get("conditions") or [], outcome, generation, timestamp)
+    status.state = outcome.state
+    conditions = cond.run_conditions(old.conditions, outcome, generation, timestamp)
     for c in extra:
         conditions = cond.set_condition(
             conditions, c.type, c.status, c.reason, c.message, generation, timestamp
         )
-    status["conditions"] = conditions
-    duration = _seconds_between(view.start_time if view else None, status.get("completionTime"))
+    status.conditions = conditions
+    duration = _seconds_between(view.start_time if view else None, status.completion_time)
     gpu_seconds = (duration or 0.0) * kind.gpus(body["spec"])
-    if "completionTime" in status:
-        status["gpuSeconds"] = round(gpu_seconds, 1)
-    if all(old.get(key) == value for key, value in status.items()):
+    if status.completion_time:
+        status.gpu_seconds = round(gpu_seconds, 1)
+    if unchanged(old, status):
         return None  # nothing changed: no write, no event
     # The resourceVersion makes a write from a stale body fail with 409 instead of overwriting a
     # newer status; the caller reads the resource again and reconciles anew.
     written = kube.patch_status(
-        kind.resource, meta["namespace"], meta["name"], status, meta.get("resourceVersion")
+        kind.resource, meta["namespace"], meta["name"], status_patch(status), meta.get("resourceVersion")
     )
     store.put_owner(written)
-    old_reason = (cond.find(old.get("conditions") or [], "Ready") or {}).get("reason")
-    if old.get("state") == outcome.state and old_reason == outcome.reason:
+    old_ready = cond.find(old.conditions, "Ready")
+    if old.state == outcome.state and old_ready is not None and old_ready.reason == outcome.reason:
         return None
-    return Transition(old.get("state"), outcome, duration, gpu_seconds)
+    return Transition(old.state, outcome, duration, gpu_seconds)

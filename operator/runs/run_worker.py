@@ -85,7 +85,7 @@ def run_once(context: Context, kind: RunKind, namespace: str, name: str, *, scra
         metrics.RESOURCE_STATES.set(kind_name, namespace, name, state or "Pending")
         if scrape and state == "Running":
             newest = context.store.owner(kind_name, namespace, name) or body
-            refresh_progress(context, newest, kind.resource, kind.progress)
+            refresh_progress(context, newest, kind)
 
 
 def run_each(context: Context, kind: RunKind, namespace: str, names: Iterable[str]) -> None:

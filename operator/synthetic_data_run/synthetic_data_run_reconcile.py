@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
+from labtune.api.base import RunStatusBase
 from labtune.api.resource import Resource
 from labtune.api.synthetic_data_run_types import GenerationProgress, SyntheticDataRunStatus, TeacherModel
 from labtune.api.taxonomy_types import TaxonomyStatus
@@ -19,7 +20,7 @@ from labtune.operator import conditions as cond
 from labtune.operator.children.child_names import default_output
 from labtune.operator.children.pod_metrics import Samples
 from labtune.operator.machinery.api_client import Kube
-from labtune.operator.runs.run_reconcile import Finished, Plan, Waiting, status_patch
+from labtune.operator.runs.run_reconcile import Finished, Plan, Waiting
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     build_generate_config,
@@ -31,6 +32,7 @@ class SyntheticDataRunKind:
     """The SyntheticDataRun's part in the shared run loop."""
 
     resource: type[Resource] = SyntheticDataRun
+    status_model: type[RunStatusBase] = SyntheticDataRunStatus
 
     def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting:
         run = SyntheticDataRun.model_validate(body)
@@ -40,14 +42,13 @@ class SyntheticDataRunKind:
             return Waiting("TaxonomyNotFound", f"Taxonomy {ref.name} does not exist")
         taxonomy = Taxonomy.model_validate(found)
         status = taxonomy.status or TaxonomyStatus()
-        conditions = [c.model_dump(by_alias=True) for c in status.conditions]
-        validated = cond.find(conditions, "Validated")
-        if validated is not None and validated["status"] == "False":
+        validated = cond.find(status.conditions, "Validated")
+        if validated is not None and validated.status == "False":
             message = (
                 f"Taxonomy {ref.name} has {status.error_count or 0} validation error(s); fix them and push"
             )
             return Waiting("TaxonomyInvalid", message, stalled=True)
-        if not cond.is_true(conditions, "Ready") or not status.revision:
+        if not cond.is_true(status.conditions, "Ready") or not status.revision:
             return Waiting("WaitingForTaxonomy", f"Taxonomy {ref.name} is not Ready yet")
         revision = ref.revision or status.revision
         output = run.spec.output or default_output(body, settings.artifact_claim)
@@ -56,7 +57,7 @@ class SyntheticDataRunKind:
         return Plan(
             job_name=children[-1]["metadata"]["name"],
             children=children,
-            pinned={"taxonomyRevision": revision},
+            pinned=SyntheticDataRunStatus(taxonomy_revision=revision),
         )
 
     def finished(self, summary: str) -> Finished:
@@ -75,28 +76,28 @@ class SyntheticDataRunKind:
             ),
         )
         if not parsed.failed_leaf_count:
-            return Finished(status_patch(status))
+            return Finished(status)
         status.failed_leaves = parsed.failed_leaves
         status.failed_leaf_count = parsed.failed_leaf_count
         first = parsed.failed_leaves[0] if parsed.failed_leaves else None
         detail = f"; first: {first.reason}" if first else ""
         count = parsed.failed_leaf_count
         note = f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
-        return Finished(status_patch(status), note=note)
+        return Finished(status, note=note)
 
     def gpus(self, spec: Mapping[str, Any]) -> int:
         model = (spec.get("teacher") or {}).get("model")
         return TeacherModel.model_validate(model).gpus if model else 0
 
-    def progress(self, samples: Samples) -> dict[str, Any]:
+    def progress(self, samples: Samples) -> SyntheticDataRunStatus | None:
         return progress_status(samples)
 
 
-def progress_status(samples: Samples) -> dict[str, Any]:
+def progress_status(samples: Samples) -> SyntheticDataRunStatus | None:
     """status.progress from the generator's metrics."""
     done, total = samples.get(m.GENERATE_LEAVES_DONE), samples.get(m.GENERATE_LEAVES_TOTAL)
     if done is None or total is None:
-        return {}
+        return None
     progress = GenerationProgress(
         percent=min(100, int(100 * done / total)) if total else 0,
         leaves_done=int(done),
@@ -104,4 +105,4 @@ def progress_status(samples: Samples) -> dict[str, Any]:
         samples_generated=int(samples.get(m.GENERATE_SAMPLES_GENERATED) or 0),
         samples_kept=int(samples.get(m.GENERATE_SAMPLES_KEPT) or 0),
     )
-    return status_patch(SyntheticDataRunStatus(progress=progress))
+    return SyntheticDataRunStatus(progress=progress)

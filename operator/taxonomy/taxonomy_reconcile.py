@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
 from labtune.api import Taxonomy
+from labtune.api.taxonomy_types import TaxonomyStatus
 from labtune.contract.taxonomy_sync import TaxonomySyncSummary
 from labtune.operator import conditions as cond
 from labtune.operator import operator_metrics as metrics
@@ -29,7 +31,14 @@ from labtune.operator.conditions import now
 from labtune.operator.machinery.api_client import Kube
 from labtune.operator.machinery.context import Context
 from labtune.operator.machinery.retries import Gone, reconciliation
-from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, create_children, why_pods_wait
+from labtune.operator.runs.run_reconcile import (
+    JOB_NAME_LABEL,
+    create_children,
+    merge,
+    status_patch,
+    unchanged,
+    why_pods_wait,
+)
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.taxonomy.taxonomy_builders import build_sync_children, sync_job_name
 
@@ -38,42 +47,42 @@ from labtune.operator.taxonomy.taxonomy_builders import build_sync_children, syn
 class SyncResult:
     """Status fields and conditions that follow from the newest finished sync."""
 
-    fields: Mapping[str, Any]
     ready: tuple[bool, str, str]
-    validated: tuple[bool, str, str] | None
-    stalled: bool
+    validated: tuple[bool, str, str] | None = None
+    stalled: bool = False
+    fields: TaxonomyStatus = field(default_factory=TaxonomyStatus)
+    """The status fields the sync's summary sets (none when it has no valid one)."""
 
 
 def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
     if view.failed:
         detail = failure_detail(pods)
         message = f"sync Job {view.name} failed: {view.reason}" + (f" ({detail})" if detail else "")
-        return SyncResult({}, (False, "SyncFailed", message), None, stalled=True)
+        return SyncResult((False, "SyncFailed", message), stalled=True)
     try:
         summary = TaxonomySyncSummary.model_validate_json(termination_message(pods, "Succeeded") or "")
     except ValidationError as error:
         message = f"sync Job {view.name} succeeded without a valid summary: {error.errors()[0]['msg']}"
-        return SyncResult({}, (False, "InvalidSummary", message), None, stalled=True)
-    fields = {
-        "revision": summary.commit,
-        "leafCounts": summary.leaf_counts.to_wire(),
-        "changedLeaves": summary.changed_leaves[:256],
-        "changedLeafCount": summary.changed_leaf_count,
-        "errors": [e.to_wire() for e in summary.errors[:50]],
-        "errorCount": summary.error_count,
-        "warnings": [w.to_wire() for w in summary.warnings[:50]],
-        "warningCount": summary.warning_count,
-        "manifest": summary.manifest,
-        "lastSyncTime": view.completion_time,
-    }
+        return SyncResult((False, "InvalidSummary", message), stalled=True)
+    fields = TaxonomyStatus(
+        revision=summary.commit,
+        leaf_counts=summary.leaf_counts,
+        changed_leaves=summary.changed_leaves[:256],
+        changed_leaf_count=summary.changed_leaf_count,
+        errors=summary.errors[:50],
+        error_count=summary.error_count,
+        warnings=summary.warnings[:50],
+        warning_count=summary.warning_count,
+        manifest=summary.manifest,
+        last_sync_time=view.completion_time,
+    )
     counts = f"{summary.leaf_counts.total} leaves, {summary.changed_leaf_count} changed"
     if summary.error_count:
         first = summary.errors[0] if summary.errors else None
         where = f"; first: {first.path}:{first.line or '?'}: {first.message}" if first else ""
         message = f"{summary.error_count} validation error(s) at {summary.commit[:12]}{where}"
-        return SyncResult(
-            fields, (False, "ValidationFailed", message), (False, "ValidationFailed", message), False
-        )
+        failed = (False, "ValidationFailed", message)
+        return SyncResult(failed, failed, fields=fields)
     if summary.warning_count:
         counts += f", {summary.warning_count} warning(s)"
         if summary.warnings:
@@ -84,9 +93,9 @@ def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
             f"no leaves at {summary.commit[:12]}: no qna.yaml under knowledge/ or compositional_skills/ "
             f"that spec.include and spec.exclude keep ({counts})"
         )
-        return SyncResult(fields, (False, "NoLeaves", message), (False, "NoLeaves", message), False)
+        return SyncResult((False, "NoLeaves", message), (False, "NoLeaves", message), fields=fields)
     message = f"synced {summary.commit[:12]}: {counts}"
-    return SyncResult(fields, (True, "Synced", message), (True, "Valid", counts), False)
+    return SyncResult((True, "Synced", message), (True, "Valid", counts), fields=fields)
 
 
 def _sync_problem(kube: Kube, namespace: str, name: str, view: JobView) -> tuple[str, str] | None:
@@ -103,21 +112,21 @@ def _created(job: Mapping[str, Any]) -> str:
 
 
 def reconcile_taxonomy(
-    kube: Kube, body: Mapping[str, Any], settings: OperatorSettings, timestamp: str, epoch: float
+    kube: Kube, body: Mapping[str, Any], settings: OperatorSettings, timestamp: datetime, epoch: float
 ) -> tuple[str, str] | None:
     """Starts the sync that is due and reports the newest finished one; returns (reason, message)
     of Ready when it changed."""
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
     taxonomy = Taxonomy.model_validate(body)
-    old: dict[str, Any] = dict(body.get("status") or {})
+    old = taxonomy.status or TaxonomyStatus()
     jobs = sorted(kube.list_jobs(namespace, selector("Taxonomy", name)), key=_created)
     views = [view_job(job) for job in jobs]
     due = sync_job_name(name, generation, taxonomy.spec.interval, epoch)
     running = [v for v in views if not (v.complete or v.failed)]
     refused: Refusal | None = None
-    status: dict[str, Any] = {"observedGeneration": generation}
-    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    status = TaxonomyStatus(observed_generation=generation)
+    conditions = list(old.conditions)
     if not running and due not in {v.name for v in views}:
         made = create_children(kube, build_sync_children(body, taxonomy, due, settings))
         if isinstance(made, Refusal):
@@ -128,10 +137,10 @@ def reconcile_taxonomy(
             conditions = cond.drop(conditions, cond.STALLED)  # a new attempt is under way
     finished = [v for v in views if v.complete or v.failed]
     newest = finished[-1] if finished else None
-    if newest is not None and not (newest.complete and old.get("lastSyncTime") == newest.completion_time):
+    if newest is not None and not (newest.complete and old.last_sync_time == newest.completion_time):
         pods = kube.list_pods(namespace, {**selector("Taxonomy", name), JOB_NAME_LABEL: newest.name})
         result = sync_result(newest, pods)
-        status.update(result.fields)
+        merge(status, result.fields)
         ok, reason, message = result.ready
         conditions = cond.set_condition(conditions, "Ready", ok, reason, message, generation, timestamp)
         if result.validated is not None:
@@ -153,7 +162,7 @@ def reconcile_taxonomy(
     )
     # No sync has finished (as far as status knows: finished Jobs go with their TTL): Ready says why
     # the first one's pod does not start. Later syncs leave Ready to the revision in hand.
-    if newest is None and not old.get("lastSyncTime") and cond.find(conditions, cond.STALLED) is None:
+    if newest is None and not old.last_sync_time and cond.find(conditions, cond.STALLED) is None:
         reason, message = problem or ("Syncing", f"first sync ({due}) in progress")
         conditions = cond.set_condition(conditions, "Ready", False, reason, message, generation, timestamp)
     if running or refused:
@@ -167,18 +176,16 @@ def reconcile_taxonomy(
         conditions = cond.set_condition(
             conditions, cond.STALLED, True, refused.reason, refused.message, generation, timestamp
         )
-    status["conditions"] = conditions
-    if all(old.get(key) == value for key, value in status.items()):
+    status.conditions = conditions
+    if unchanged(old, status):
         return None
-    kube.patch_status(Taxonomy, namespace, name, status)
-    old_ready = cond.find(old.get("conditions") or [], "Ready") or {}
-    new_ready = cond.find(conditions, "Ready") or {}
-    if (old_ready.get("status"), old_ready.get("reason")) == (
-        new_ready.get("status"),
-        new_ready.get("reason"),
+    kube.patch_status(Taxonomy, namespace, name, status_patch(status))
+    old_ready, new_ready = cond.find(old.conditions, "Ready"), cond.find(conditions, "Ready")
+    if new_ready is None or (
+        old_ready is not None and (old_ready.status, old_ready.reason) == (new_ready.status, new_ready.reason)
     ):
         return None
-    return str(new_ready.get("reason", "")), str(new_ready.get("message", ""))
+    return new_ready.reason, new_ready.message
 
 
 def sync_once(context: Context, namespace: str, name: str) -> None:
@@ -190,14 +197,12 @@ def sync_once(context: Context, namespace: str, name: str) -> None:
             raise Gone()
         context.store.put_owner(body)
         changed = reconcile_taxonomy(context.kube, body, context.settings, now(), time.time())
-        ready = (body.get("status") or {}).get("conditions") or []
         if changed is not None and context.recorder is not None:
             reason, message = changed
             warning = reason not in ("Synced", "Syncing")
             context.recorder.record(body, "Warning" if warning else "Normal", reason, message)
-        state = (
-            changed[0] if changed else next((c["reason"] for c in ready if c["type"] == "Ready"), "Syncing")
-        )
+        ready = cond.find(TaxonomyStatus.model_validate(body.get("status") or {}).conditions, "Ready")
+        state = changed[0] if changed else ready.reason if ready else "Syncing"
         metrics.RESOURCE_STATES.set("Taxonomy", namespace, name, state)
 
 

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from labtune.api import SyntheticDataRun, TuningJob
+from labtune.api.base import RunStatusBase
 from labtune.api.resource import Resource
 from labtune.api.synthetic_data_run_types import SyntheticDataRunStatus
 from labtune.api.tuning_job_types import (
+    Lineage,
     TrainingMetrics,
     TrainingProgress,
     TrainingResources,
@@ -26,7 +28,6 @@ from labtune.operator.runs.run_reconcile import (
     KindCondition,
     Plan,
     Waiting,
-    status_patch,
 )
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job.tuning_job_builders import _config_digest, build_trainer_plan
@@ -45,12 +46,13 @@ class TuningJobKind:
     """The TuningJob's part in the shared run loop."""
 
     resource: type[Resource] = TuningJob
+    status_model: type[RunStatusBase] = TuningJobStatus
 
     def plan(
         self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
     ) -> Plan | Waiting | CannotRun:
         job = TuningJob.model_validate(body)
-        lineage: dict[str, Any] = {"baseModel": job.spec.base_model.uri}
+        lineage = Lineage(base_model=job.spec.base_model.uri)
         data = job.spec.data
         evaluation_data: EvaluationDatasets = {}
         if data.synthetic_data_run_ref is not None:
@@ -60,14 +62,14 @@ class TuningJobKind:
             if isinstance(found, Waiting | CannotRun):
                 return found
             datasets, run_status = found
-            lineage["taxonomyRevision"] = run_status.taxonomy_revision
+            lineage.taxonomy_revision = run_status.taxonomy_revision
             outputs = run_status.outputs
             used = (
                 (outputs.knowledge, outputs.skills, outputs.evaluation, outputs.evaluation_choices)
                 if outputs
                 else ()
             )
-            lineage["datasets"] = [d.to_wire() for d in used if d]
+            lineage.datasets = [d for d in used if d]
             evaluation_data = evaluation_datasets(outputs)
         else:
             datasets = Datasets(knowledge=data.knowledge, skills=data.skills)
@@ -75,11 +77,11 @@ class TuningJobKind:
         if isinstance(evaluation, CannotRun):
             return evaluation
         config, children = build_trainer_plan(body, job, datasets, evaluation, settings)
-        lineage["configSha256"] = _config_digest(config)
+        lineage.config_sha256 = _config_digest(config)
         return Plan(
             job_name=children[-1]["metadata"]["name"],
             children=children,
-            pinned={"lineage": {k: v for k, v in lineage.items() if v is not None}},
+            pinned=TuningJobStatus(lineage=lineage),
         )
 
     @staticmethod
@@ -123,7 +125,7 @@ class TuningJobKind:
         evaluation = parsed.evaluation
         if evaluation is None:
             status.output = parsed.output
-            return Finished(status_patch(status))
+            return Finished(status)
         status.evaluation = evaluation
         scored = headline(evaluation)
         gate = evaluation.gate
@@ -133,7 +135,7 @@ class TuningJobKind:
                 ("Scored", scored) if gate is None else ("GatePassed", f"{scored}; {gate_text(gate)}: passed")
             )
             return Finished(
-                status_patch(status),
+                status,
                 note=f"; {message}",
                 conditions=(KindCondition(EVALUATED, True, reason, message),),
             )
@@ -144,7 +146,7 @@ class TuningJobKind:
             f"({scored}); its output stays at {kept} for inspection"
         )
         return Finished(
-            status_patch(status),
+            status,
             failure=(GATE_FAILED, message),
             conditions=(KindCondition(EVALUATED, False, GATE_FAILED, message),),
         )
@@ -154,11 +156,11 @@ class TuningJobKind:
         resources = TrainingResources.model_validate(spec.get("resources") or {})
         return resources.gpus_per_node * resources.nodes
 
-    def progress(self, samples: Samples) -> dict[str, Any]:
+    def progress(self, samples: Samples) -> TuningJobStatus | None:
         return progress_status(samples)
 
 
-def progress_status(samples: Samples) -> dict[str, Any]:
+def progress_status(samples: Samples) -> TuningJobStatus | None:
     """status.progress / metrics / currentPhase from the trainer's metrics."""
     status = TuningJobStatus()
     step, total = samples.get(m.TRAIN_STEP), samples.get(m.TRAIN_TOTAL_STEPS)
@@ -183,4 +185,4 @@ def progress_status(samples: Samples) -> dict[str, Any]:
     phase = samples.labels.get(m.TRAIN_PHASE, {}).get("phase")
     if phase:
         status.current_phase = phase
-    return status_patch(status)
+    return status if status.model_fields_set else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -14,6 +15,11 @@ from kubernetes.client.exceptions import ApiException
 from labtune.api.resource import Resource
 
 Key = tuple[str, str, str]
+EPOCH = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def _stamp(seconds: int) -> str:
+    return (EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeKube:
@@ -22,12 +28,14 @@ class FakeKube:
         self.versions = itertools.count(100)
         self.writes: list[tuple[str, str]] = []  # (verb, kind)
         self.conflicts_to_inject = 0
+        self.clock = itertools.count()  # seconds after the fake's epoch, one per new object
 
     def put(self, body: Mapping[str, Any]) -> dict[str, Any]:
         stored = copy.deepcopy(dict(body))
         meta = stored.setdefault("metadata", {})
         meta.setdefault("uid", f"uid-{meta['name']}")
         meta.setdefault("generation", 1)
+        meta.setdefault("creationTimestamp", _stamp(next(self.clock)))
         meta["resourceVersion"] = str(next(self.versions))
         self.objects[(stored["kind"], meta["namespace"], meta["name"])] = stored
         return copy.deepcopy(stored)
@@ -70,14 +78,23 @@ class FakeKube:
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get("Job", namespace, name)
 
-    def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        del self.objects[(kind, namespace, name)]
+
+    def _list(self, kind_name: str, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         return [
             copy.deepcopy(o)
             for (kind, ns, _), o in self.objects.items()
-            if kind == "Pod"
+            if kind == kind_name
             and ns == namespace
             and selector.items() <= (o["metadata"].get("labels") or {}).items()
         ]
+
+    def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self._list("Pod", namespace, selector)
+
+    def list_jobs(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self._list("Job", namespace, selector)
 
     def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
         return []

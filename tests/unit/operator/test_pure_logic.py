@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from labtune.operator import conditions as cond
@@ -44,30 +46,36 @@ def test_a_sync_is_due_per_generation_and_interval_tick() -> None:
     assert sync_job_name("tax", 1, None, 0.0) == sync_job_name("tax", 1, None, 1e9)  # no interval
 
 
+def _at(day: int) -> datetime:
+    return datetime(2026, 1, day, tzinfo=UTC)
+
+
 def test_set_condition_keeps_transition_time_while_status_holds() -> None:
-    conditions = cond.set_condition([], "Ready", False, "Waiting", "", 1, "2026-01-01T00:00:00Z")
-    conditions = cond.set_condition(conditions, "Ready", False, "Other", "m", 2, "2026-01-02T00:00:00Z")
-    assert conditions[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
-    assert (conditions[0]["reason"], conditions[0]["observedGeneration"]) == ("Other", 2)
-    conditions = cond.set_condition(conditions, "Ready", True, "Done", "", 2, "2026-01-03T00:00:00Z")
-    assert conditions[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+    conditions = cond.set_condition([], "Ready", False, "Waiting", "", 1, _at(1))
+    conditions = cond.set_condition(conditions, "Ready", False, "Other", "m", 2, _at(2))
+    assert conditions[0].last_transition_time == _at(1)
+    assert (conditions[0].reason, conditions[0].observed_generation) == ("Other", 2)
+    conditions = cond.set_condition(conditions, "Ready", True, "Done", "", 2, _at(3))
+    assert conditions[0].last_transition_time == _at(3)
+    assert conditions[0].to_wire()["lastTransitionTime"] == "2026-01-03T00:00:00Z"
 
 
 def test_run_conditions_follow_the_state() -> None:
-    running = cond.run_conditions([], RunOutcome("Running", "JobRunning", "1 pod"), 1, "t1")
-    by_type = {c["type"]: c for c in running}
-    assert by_type["Running"]["status"] == "True"
-    assert by_type["Ready"] == {**by_type["Ready"], "status": "False", "reason": "JobRunning"}
-    assert by_type["Reconciling"]["status"] == "True"
+    running = cond.run_conditions([], RunOutcome("Running", "JobRunning", "1 pod"), 1, _at(1))
+    by_type = {c.type: c for c in running}
+    assert by_type["Running"].status == "True"
+    assert (by_type["Ready"].status, by_type["Ready"].reason) == ("False", "JobRunning")
+    assert by_type["Reconciling"].status == "True"
     assert "Stalled" not in by_type
-    done = cond.run_conditions(running, RunOutcome("Succeeded", "Succeeded"), 1, "t2")
-    by_type = {c["type"]: c for c in done}
-    assert by_type["Ready"]["status"] == "True"
-    assert by_type["Running"]["status"] == "False"
+    done = cond.run_conditions(running, RunOutcome("Succeeded", "Succeeded"), 1, _at(2))
+    by_type = {c.type: c for c in done}
+    assert by_type["Ready"].status == "True"
+    assert by_type["Running"].status == "False"
     assert "Reconciling" not in by_type
-    assert by_type["Succeeded"]["lastTransitionTime"] == "t2"
-    failed = cond.run_conditions(running, RunOutcome("Failed", "BackoffLimitExceeded", "x"), 1, "t2")
-    assert {c["type"]: c["status"] for c in failed}["Stalled"] == "True"
+    assert by_type["Succeeded"].last_transition_time == _at(2)
+    assert by_type["Waiting"].last_transition_time == _at(1)  # False before, False now
+    failed = cond.run_conditions(running, RunOutcome("Failed", "BackoffLimitExceeded", "x"), 1, _at(2))
+    assert {c.type: c.status for c in failed}["Stalled"] == "True"
 
 
 def test_prometheus_text_is_parsed() -> None:

@@ -6,6 +6,7 @@ a second."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from labtune.operator.machinery.context import Context
 from labtune.operator.machinery.retries import RetryLater
 from labtune.operator.machinery.watch_store import Store
 from labtune.operator.machinery.work_queue import WorkQueue
-from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, Transition, reconcile_run
+from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, StaleBody, Transition, reconcile_run
 from labtune.operator.runs.run_worker import run_once
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job.tuning_job_reconcile import TuningJobKind
@@ -25,6 +26,7 @@ from labtune.operator.tuning_job.tuning_job_reconcile import TuningJobKind
 KIND = TuningJobKind()
 SDG_META = {"name": "sdg", "namespace": "ns"}
 SETTINGS = OperatorSettings()
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
 JOB = "train-train"
 SUMMARY = {
     "output": {"adapter": "pvc://labtune-artifacts/out/adapter", "adapterSha256": "a" * 64},
@@ -62,7 +64,7 @@ def reconcile(kube: FakeKube, store: Store, fresh: bool = False) -> Transition |
     body = store.owner("TuningJob", "ns", "train") or store.put_owner(
         kube.get("TuningJob", "ns", "train") or {}
     )
-    return reconcile_run(kube, store, body, KIND, SETTINGS, "2026-12-03T00:00:00Z", fresh=fresh)  # type: ignore[arg-type]
+    return reconcile_run(kube, store, body, KIND, SETTINGS, NOW, fresh=fresh)  # type: ignore[arg-type]
 
 
 def job_moves(kube: FakeKube, store: Store, status: dict[str, Any]) -> None:
@@ -179,3 +181,62 @@ def test_a_failed_synthetic_data_run_fails_the_run_for_good(kube: FakeKube, stor
     reconcile(kube, store)
     assert state(kube) == ("Failed", "SyntheticDataRunFailed")
     assert not [w for w in kube.writes if w[0] == "create"]
+
+
+def test_suspend_and_resume_follow_the_spec(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job())
+    reconcile(kube, store)
+    job_moves(kube, store, {"active": 1, "ready": 1})
+    reconcile(kube, store)
+    body = kube.get("TuningJob", "ns", "train") or {}
+    kube.put({**body, "spec": {**body["spec"], "suspend": True}})
+    store.put_owner(kube.get("TuningJob", "ns", "train") or {})
+    reconcile(kube, store)
+    assert (kube.get("Job", "ns", JOB) or {})["spec"]["suspend"] is True
+    assert state(kube) == ("Suspended", "Suspended")
+    suspended = {
+        c["type"]: c["status"] for c in (kube.get("TuningJob", "ns", "train") or {})["status"]["conditions"]
+    }
+    assert (suspended["Suspended"], suspended["Running"]) == ("True", "False")
+
+    body = kube.get("TuningJob", "ns", "train") or {}
+    kube.put({**body, "spec": {**body["spec"], "suspend": False}})
+    store.put_owner(kube.get("TuningJob", "ns", "train") or {})
+    job_moves(kube, store, {})  # the Job controller removed the pods while suspended
+    reconcile(kube, store)
+    assert (kube.get("Job", "ns", JOB) or {})["spec"]["suspend"] is False
+    assert state(kube) == ("Pending", "JobCreated")
+
+
+def test_a_job_deleted_under_a_started_run_is_made_again_and_counted(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job())
+    reconcile(kube, store)
+    kube.delete("Job", "ns", JOB)
+    store.drop_job("ns", JOB)
+    with pytest.raises(StaleBody):  # a watched body may predate the run's end: never acted on
+        reconcile(kube, store)
+    store.put_owner(kube.get("TuningJob", "ns", "train") or {})
+    reconcile(kube, store, fresh=True)
+    assert kube.get("Job", "ns", JOB) is not None
+    status = (kube.get("TuningJob", "ns", "train") or {})["status"]
+    assert (status["restarts"], status["startTime"]) == (1, "2026-12-03T00:00:00Z")
+
+
+def test_a_failed_job_fails_the_run_with_its_reason(kube: FakeKube, store: Store) -> None:
+    kube.put(tuning_job())
+    reconcile(kube, store)
+    failed = {
+        "type": "Failed",
+        "status": "True",
+        "reason": "BackoffLimitExceeded",
+        "message": "Job has reached the specified backoff limit",
+    }
+    job_moves(kube, store, {"failed": 3, "conditions": [failed]})
+    transition = reconcile(kube, store)
+    assert transition is not None
+    assert transition.old_state == "Pending"
+    assert state(kube) == ("Failed", "BackoffLimitExceeded")
+    status = (kube.get("TuningJob", "ns", "train") or {})["status"]
+    assert status["restarts"] == 3
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
+    assert status["completionTime"] == "2026-12-03T00:00:00Z"

@@ -10,6 +10,7 @@ from labtune.api import SyntheticDataRun, Taxonomy
 from labtune.api.synthetic_data_run_types import DatasetOutput, GenerationOutputs
 from labtune.contract import write_summary
 from labtune.contract.generate import GenerateSummary
+from labtune.operator.runs.run_reconcile import status_patch
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     CHOICE_PIPELINE_DIR,
@@ -62,7 +63,9 @@ def test_the_evaluation_dataset_is_recorded_in_status(tmp_path: Path) -> None:
         evaluation=_dataset("evaluation", 5, "e"),
     )
     summary = GenerateSummary(taxonomy_commit="a" * 40, teacher_model="m", outputs=outputs)
-    status = SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
+    status = status_patch(
+        SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
+    )
     assert status["outputs"]["evaluation"] == {
         "uri": "pvc://claim/out/evaluation.jsonl",
         "samples": 5,
@@ -112,5 +115,7 @@ def test_the_multiple_choice_dataset_is_recorded_in_status(tmp_path: Path) -> No
         knowledge=_dataset("knowledge", 10, "a"), evaluation_choices=_dataset("evaluation-choices", 7, "c")
     )
     summary = GenerateSummary(taxonomy_commit="a" * 40, teacher_model="m", outputs=outputs)
-    status = SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
+    status = status_patch(
+        SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
+    )
     assert status["outputs"]["evaluationChoices"]["samples"] == 7

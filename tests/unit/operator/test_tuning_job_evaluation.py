@@ -22,7 +22,7 @@ from labtune.contract import write_summary
 from labtune.contract.evaluate import from_spec
 from labtune.contract.train import Datasets, TrainSummary
 from labtune.operator.operator_metrics import EvaluationScores
-from labtune.operator.runs.run_reconcile import CannotRun, KindCondition
+from labtune.operator.runs.run_reconcile import CannotRun, KindCondition, status_patch
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job.tuning_job_builders import build_trainer_plan
 from labtune.operator.tuning_job.tuning_job_evaluation import EvaluationDatasets, resolve_evaluation
@@ -141,7 +141,7 @@ def _finished(tmp_path: Path, evaluation: TuningEvaluation | None) -> Any:
 
 def test_without_benchmarks_there_is_no_evaluation_and_no_condition(tmp_path: Path) -> None:
     finished = _finished(tmp_path, None)
-    assert "evaluation" not in finished.status
+    assert "evaluation" not in status_patch(finished.status)
     assert finished.conditions == ()
     assert finished.failure is None
     assert finished.note == ""
@@ -150,9 +150,12 @@ def test_without_benchmarks_there_is_no_evaluation_and_no_condition(tmp_path: Pa
 def test_scores_without_a_gate_succeed_and_say_base_and_tuned(tmp_path: Path) -> None:
     finished = _finished(tmp_path, _evaluation(None))
     assert finished.failure is None
-    assert finished.status["output"]["adapter"] == "pvc://claim/models/demo/adapter"
-    assert finished.status["evaluation"]["benchmarks"][0]["tuned"] == {"nll": 0.0175, "rougeL": 0.9}
-    assert finished.status["evaluation"]["checkpoint"]["selectedBy"] == "evalLoss"
+    assert status_patch(finished.status)["output"]["adapter"] == "pvc://claim/models/demo/adapter"
+    assert status_patch(finished.status)["evaluation"]["benchmarks"][0]["tuned"] == {
+        "nll": 0.0175,
+        "rougeL": 0.9,
+    }
+    assert status_patch(finished.status)["evaluation"]["checkpoint"]["selectedBy"] == "evalLoss"
     text = "held-out nll 1.7479 → 0.0175 (base → tuned), output from skills step 8 (by evalLoss)"
     assert finished.conditions == (KindCondition("Evaluated", True, "Scored", text),)
     assert finished.note == f"; {text}"
@@ -173,17 +176,17 @@ def _gate(improvement: float, passed: bool) -> GateResult:
 def test_a_passed_gate_succeeds_with_the_improvement_in_the_condition(tmp_path: Path) -> None:
     finished = _finished(tmp_path, _evaluation(_gate(1.7304, True)))
     assert finished.failure is None
-    assert "output" in finished.status
+    assert "output" in status_patch(finished.status)
     (condition,) = finished.conditions
     assert (condition.type, condition.status, condition.reason) == ("Evaluated", True, "GatePassed")
     assert condition.message.endswith("gate held-out/nll improved by 1.7304 (at least 0.1): passed")
-    assert finished.status["evaluation"]["gate"]["passed"] is True
+    assert status_patch(finished.status)["evaluation"]["gate"]["passed"] is True
 
 
 def test_a_failed_gate_fails_the_run_and_promotes_no_output(tmp_path: Path) -> None:
     finished = _finished(tmp_path, _evaluation(_gate(0.0001, False)))
-    assert "output" not in finished.status  # nothing that deploys status.output picks it up
-    assert finished.status["evaluation"]["gate"] == {
+    assert "output" not in status_patch(finished.status)  # nothing that deploys status.output picks it up
+    assert status_patch(finished.status)["evaluation"]["gate"] == {
         "benchmark": "held-out",
         "metric": "nll",
         "base": 1.7479,

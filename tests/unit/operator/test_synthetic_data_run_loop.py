@@ -1,0 +1,141 @@
+"""A SyntheticDataRun in the shared run loop against the in-memory fake client: the wait for its
+Taxonomy (missing, syncing, invalid), its release with the revision pinned, and the generator's
+summary in status. No control plane."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fake_kube import FakeKube
+
+from labtune.api import API_VERSION
+from labtune.operator.children.child_names import selector
+from labtune.operator.machinery.watch_store import Store
+from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, reconcile_run
+from labtune.operator.settings import OperatorSettings
+from labtune.operator.synthetic_data_run.synthetic_data_run_reconcile import SyntheticDataRunKind
+
+KIND = SyntheticDataRunKind()
+SETTINGS = OperatorSettings()
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+COMMIT = "d" * 40
+JOB = "sdg-generate"
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    fake = FakeKube()
+    fake.put(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "SyntheticDataRun",
+            "metadata": {"name": "sdg", "namespace": "ns"},
+            "spec": {
+                "taxonomyRef": {"name": "tax"},
+                "teacher": {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}},
+            },
+        }
+    )
+    return fake
+
+
+def reconcile(kube: FakeKube) -> None:
+    body = kube.get("SyntheticDataRun", "ns", "sdg")
+    assert body is not None
+    reconcile_run(kube, Store(), body, KIND, SETTINGS, NOW, fresh=True)  # type: ignore[arg-type]
+
+
+def state(kube: FakeKube) -> tuple[str, str, bool]:
+    status = (kube.get("SyntheticDataRun", "ns", "sdg") or {})["status"]
+    types = {c["type"]: c for c in status["conditions"]}
+    return status["state"], types["Ready"]["reason"], "Stalled" in types
+
+
+def taxonomy(kube: FakeKube, conditions: list[tuple[str, str, str]], revision: str | None = None) -> None:
+    at = "2026-12-03T00:00:00Z"
+    kube.put(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Taxonomy",
+            "metadata": {"name": "tax", "namespace": "ns"},
+            "spec": {"source": {"git": {"url": "https://git.example.com/t.git"}}},
+            "status": {
+                "conditions": [
+                    {"type": t, "status": s, "reason": r, "message": "", "lastTransitionTime": at}
+                    for t, s, r in conditions
+                ],
+                "errorCount": 2,
+                **({"revision": revision} if revision else {}),
+            },
+        }
+    )
+
+
+def test_waits_for_its_taxonomy_and_starts_on_its_revision(kube: FakeKube) -> None:
+    reconcile(kube)
+    assert state(kube) == ("Waiting", "TaxonomyNotFound", False)
+    taxonomy(kube, [("Ready", "False", "Syncing")])
+    reconcile(kube)
+    assert state(kube) == ("Waiting", "WaitingForTaxonomy", False)
+    taxonomy(kube, [("Ready", "False", "ValidationFailed"), ("Validated", "False", "ValidationFailed")])
+    reconcile(kube)
+    assert state(kube) == ("Waiting", "TaxonomyInvalid", True)  # stalled until someone pushes a fix
+    assert kube.get("Job", "ns", JOB) is None
+    taxonomy(kube, [("Ready", "True", "Synced"), ("Validated", "True", "Valid")], COMMIT)
+    reconcile(kube)
+    assert state(kube) == ("Pending", "JobCreated", False)
+    status = (kube.get("SyntheticDataRun", "ns", "sdg") or {})["status"]
+    assert (status["taxonomyRevision"], status["jobName"]) == (COMMIT, JOB)
+    config = (kube.get("ConfigMap", "ns", JOB) or {})["data"]["config.yaml"]
+    assert COMMIT in config
+
+
+def finish(kube: FakeKube, summary: dict[str, Any]) -> None:
+    labels = {**selector("SyntheticDataRun", "sdg"), JOB_NAME_LABEL: JOB}
+    terminated = {"exitCode": 0, "message": json.dumps(summary)}
+    kube.put(
+        {
+            "kind": "Pod",
+            "metadata": {"name": f"{JOB}-pod", "namespace": "ns", "labels": labels},
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [{"name": "main", "state": {"terminated": terminated}}],
+            },
+        }
+    )
+    job = kube.get("Job", "ns", JOB)
+    assert job is not None
+    kube.put({**job, "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}})
+
+
+def test_the_generator_summary_becomes_status(kube: FakeKube) -> None:
+    taxonomy(kube, [("Ready", "True", "Synced")], COMMIT)
+    reconcile(kube)
+    dataset = {"uri": "pvc://labtune-artifacts/ns/sdg/knowledge.jsonl", "samples": 40, "sha256": "e" * 64}
+    failed = [{"path": "compositional_skills/x/qna.yaml", "reason": "teacher returned nothing usable"}]
+    finish(
+        kube,
+        {
+            "taxonomyCommit": COMMIT,
+            "teacherModel": "m",
+            "outputs": {"knowledge": dataset},
+            "leavesDone": 2,
+            "leavesTotal": 3,
+            "samplesGenerated": 50,
+            "samplesKept": 40,
+            "failedLeaves": failed,
+            "failedLeafCount": 1,
+        },
+    )
+    reconcile(kube)
+    status = (kube.get("SyntheticDataRun", "ns", "sdg") or {})["status"]
+    assert state(kube)[:2] == ("Succeeded", "Succeeded")
+    assert status["outputs"]["knowledge"] == dataset
+    assert (status["progress"]["percent"], status["progress"]["samplesKept"]) == (100, 40)
+    assert status["failedLeaves"] == failed
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "1 leaf(s) produced nothing" in ready["message"]
+    assert status["gpuSeconds"] == 0  # an endpoint teacher holds no GPU of this cluster
