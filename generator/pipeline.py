@@ -90,11 +90,35 @@ Block = Annotated[
 
 
 class SampleTemplate(_Model):
-    """How a surviving row becomes a training sample: Jinja2 templates for each turn."""
+    """How a surviving row becomes a training sample: Jinja2 templates for each turn, and for a
+    knowledge sample the chunk it was written from (`context`), kept apart so that mixing can put
+    it in the user turn the way LAB trains knowledge: before the question in phase 1, among RAFT
+    distractors in phase 2. Without `context` the user turn is the sample's as the template says."""
 
     system: str | None = None
     user: str
     assistant: str
+    context: str | None = None
+
+
+class AuxiliaryFlow(_Model):
+    """Samples derived from the knowledge documents themselves (InstructLab's auxiliary data): per
+    document chunk and per kind of rewrite in `instructions`, a row with `document`, `domain`,
+    `document_outline`, `source`, `auxiliary` (the kind) and `instruction` (one of the kind's
+    instructions, chosen seeded); the blocks ask the teacher to carry it out (and may judge the
+    result), and each surviving row becomes a sample trained whole, in both phases."""
+
+    instructions: dict[str, list[str]] = Field(min_length=1)
+    """Per kind of rewrite (e.g. `summary`, `facts`), instructions that ask for it in other words."""
+    blocks: list[Block] = Field(min_length=1)
+    sample: SampleTemplate
+
+    @model_validator(mode="after")
+    def _instructions_given(self) -> AuxiliaryFlow:
+        empty = [kind for kind, texts in self.instructions.items() if not texts]
+        if empty:
+            raise ValueError(f"auxiliary instructions {', '.join(empty)}: give at least one instruction")
+        return self
 
 
 class ChoiceTemplate(_Model):
@@ -135,6 +159,8 @@ class Pipeline(_Model):
     system: str | None = None
     """System prompt of every teacher request."""
     flows: dict[LeafType, Flow] = Field(min_length=1)
+    auxiliary: AuxiliaryFlow | None = None
+    """Samples derived from the knowledge documents, beside the knowledge flow's."""
 
     def flow(self, leaf_type: LeafType, output: Output = "sample") -> Flow:
         """The flow for a leaf type; a ConfigError when there is none or it writes the other output."""
@@ -157,7 +183,8 @@ def _inline_prompt_files(data: Any, folder: Path) -> None:
     """Replaces each block's `prompt_file` by the file's text, so a loaded pipeline is whole. Data
     of the wrong shape is left as it is, for validation to report."""
     flows = data.get("flows") if isinstance(data, dict) else None
-    for flow in flows.values() if isinstance(flows, dict) else ():
+    auxiliary = data.get("auxiliary") if isinstance(data, dict) else None
+    for flow in [*(flows.values() if isinstance(flows, dict) else ()), auxiliary]:
         blocks = flow.get("blocks") if isinstance(flow, dict) else None
         for block in blocks if isinstance(blocks, list) else ():
             if isinstance(block, dict) and isinstance(block.get("prompt_file"), str):

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
@@ -35,12 +36,12 @@ from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.choices import to_choices
 from labtune.generator.chunking import TokenCounter, approximate_tokens
 from labtune.generator.documents import Document, DocumentSource, fetch
-from labtune.generator.engine import Engine, Row, StageCount, to_messages
+from labtune.generator.engine import Engine, Row, StageCount, render, to_messages
 from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.jsonl_files import read_replay, write_jsonl
-from labtune.generator.mixing import mix
-from labtune.generator.pipeline import Flow, GenerateBlock, Pipeline, SampleTemplate
-from labtune.generator.seeds import KnowledgeQna, chunk_rows, rows_for
+from labtune.generator.mixing import AUXILIARY, GENERATED, Mixed, mix
+from labtune.generator.pipeline import AuxiliaryFlow, Flow, GenerateBlock, Pipeline, SampleTemplate
+from labtune.generator.seeds import KnowledgeQna, auxiliary_rows, chunk_rows, rows_for
 from labtune.generator.taxonomy_scan import EMPTY_BASE, scan
 from labtune.generator.teacher import Teacher, make_teacher
 
@@ -77,6 +78,12 @@ class Report(BaseModel):
     """The multiple-choice pipeline's stages per knowledge leaf (evaluation.multipleChoice)."""
     choice_failures: list[LeafFailure] = []
     """Knowledge leaves of which no multiple-choice question survived, and why."""
+    auxiliary: list[LeafResult] = []
+    """The pipeline's auxiliary flow's stages per knowledge leaf."""
+    auxiliary_failures: list[LeafFailure] = []
+    """Knowledge leaves of which no auxiliary sample survived, and why."""
+    mixing: dict[str, dict[str, int]] = {}
+    """Records of each phase dataset by source, and `upsampled` (mixing.knowledgeFloor)."""
 
 
 def token_counter(config: TeacherConfig, artifact_root: str, teacher: Teacher) -> TokenCounter:
@@ -116,7 +123,7 @@ SampleT = TypeVar("SampleT", Record, ChoiceExample)
 
 async def run_flow(
     job: LeafJob,
-    flow: Flow,
+    flow: Flow | AuxiliaryFlow,
     engine: Engine,
     checkpoint: LeafCheckpoint,
     build: Callable[[list[Row]], tuple[list[SampleT], StageCount | None]],
@@ -158,12 +165,16 @@ def training_samples(
     samples = []
     for index, row in enumerate(rows):
         messages = to_messages(template, row, where)
+        # The chunk stays apart from the turns until mixing puts it in the user turn (mixing.py).
+        document = render(template.context, row, f"{where} context") if template.context else ""
         samples.append(
             Record.model_validate(
                 {
-                    "id": record_id(job.path, str(index), json.dumps(messages)),
+                    "id": record_id(
+                        job.path, str(index), json.dumps(messages), *([document] if document else [])
+                    ),
                     "messages": messages,
-                    "metadata": metadata,
+                    "metadata": metadata.model_copy(update={"document": document}),
                 }
             )
         )
@@ -207,13 +218,36 @@ class _Run:
     choice_results: list[LeafResult] = field(default_factory=list)
     choice_failures: list[LeafFailure] = field(default_factory=list)
     questions: list[ChoiceExample] = field(default_factory=list)
+    auxiliary_results: list[LeafResult] = field(default_factory=list)
+    auxiliary_failures: list[LeafFailure] = field(default_factory=list)
+    auxiliary: list[Record] = field(default_factory=list)
 
-    def _dataset(self, name: str, records: Sequence[BaseModel]) -> DatasetOutput | None:
+    def metadata(self, job: LeafJob, source: str) -> SampleMetadata:
+        return SampleMetadata(
+            source=source,
+            leaf=job.path,
+            leaf_type=job.leaf_type,
+            pipeline=self.pipeline.name,
+            teacher=self.teacher.model_name,
+            taxonomy_commit=self.commit,
+        )
+
+    def _dataset(
+        self, name: str, records: Sequence[BaseModel], upsampled: int | None = None
+    ) -> DatasetOutput | None:
         if not records:
             return None
         digest = write_jsonl(self.output / f"{name}.jsonl", records)
+        uri = f"{self.config.output.rstrip('/')}/{name}.jsonl"
+        if not isinstance(records[0], Record):  # an evaluation dataset
+            return DatasetOutput(uri=uri, samples=len(records), sha256=digest)
+        sources = _sources([r for r in records if isinstance(r, Record)])
         return DatasetOutput(
-            uri=f"{self.config.output.rstrip('/')}/{name}.jsonl", samples=len(records), sha256=digest
+            uri=uri,
+            samples=len(records),
+            sha256=digest,
+            sources=dict(sorted(sources.items())),
+            upsampled=upsampled,
         )
 
     async def leaves(self, jobs: list[LeafJob]) -> tuple[list[LeafResult], list[Record], list[LeafFailure]]:
@@ -224,14 +258,7 @@ class _Run:
 
         async def one(job: LeafJob) -> None:
             checkpoint = LeafCheckpoint(self.output / "checkpoints", job.path, job.fingerprint)
-            metadata = SampleMetadata(
-                source="generated",
-                leaf=job.path,
-                leaf_type=job.leaf_type,
-                pipeline=self.pipeline.name,
-                teacher=self.teacher.model_name,
-                taxonomy_commit=self.commit,
-            )
+            metadata = self.metadata(job, GENERATED)
             try:
                 results[job.path] = await run_leaf(job, self.pipeline, engine, checkpoint, metadata)
             except GenerationError as error:
@@ -250,43 +277,76 @@ class _Run:
             [LeafFailure(path=j.path, reason=failures[j.path][:1024]) for j in jobs if j.path in failures],
         )
 
-    async def choices(self, jobs: list[LeafJob]) -> None:
-        """The multiple-choice pipeline over every knowledge leaf; a leaf of which no question
-        survives is listed in the report (its training data is not at stake), all of them failing
-        is a GenerationError."""
-        if self.choice_pipeline is None or not jobs:
-            return
-        choice_pipeline = self.choice_pipeline
-        flow = choice_pipeline.flow("knowledge", "choice")
-        template = flow.choice
-        assert template is not None  # flow() checked it
-        questions = self.config.multiple_choice.questions_per_chunk if self.config.multiple_choice else 1
-        engine = Engine(self.teacher, self.metrics, choice_pipeline.system, self.config.scale.seed, questions)
-        where = f"pipeline {choice_pipeline.name!r} knowledge choice"
-        done: dict[str, tuple[LeafResult, list[ChoiceExample]]] = {}
+    async def side_flow(
+        self,
+        jobs: list[LeafJob],
+        flow: Flow | AuxiliaryFlow,
+        engine: Engine,
+        folder: str,
+        build: Callable[[LeafJob, list[Row]], tuple[list[SampleT], StageCount | None]],
+        model: type[SampleT],
+    ) -> tuple[list[LeafResult], list[SampleT], list[LeafFailure]]:
+        """A flow beside the training leaves' (multiple-choice questions, auxiliary samples) over
+        every job, checkpointed under `checkpoints/<folder>/`: a leaf of which nothing survives is
+        listed as a failure (its training data is not at stake), not raised."""
+        done: dict[str, tuple[LeafResult, list[SampleT]]] = {}
         failed: dict[str, str] = {}
 
         async def one(job: LeafJob) -> None:
-            checkpoint = LeafCheckpoint(self.output / "checkpoints" / "choices", job.path, job.fingerprint)
+            checkpoint = LeafCheckpoint(self.output / "checkpoints" / folder, job.path, job.fingerprint)
             try:
-                done[job.path] = await run_flow(
-                    job,
-                    flow,
-                    engine,
-                    checkpoint,
-                    partial(to_choices, template, job.path, where=where),
-                    ChoiceExample,
-                )
+                done[job.path] = await run_flow(job, flow, engine, checkpoint, partial(build, job), model)
             except GenerationError as error:
                 failed[job.path] = str(error)
-                log.warning("multiple choice: %s", error)
+                log.warning("%s: %s", folder, error)
 
         await side_by_side(*(one(job) for job in jobs))
-        self.choice_results = [done[j.path][0] for j in jobs if j.path in done]
-        self.questions = [q for j in jobs if j.path in done for q in done[j.path][1]]
-        self.choice_failures = [LeafFailure(path=p, reason=failed[p][:1024]) for p in sorted(failed)]
+        return (
+            [done[j.path][0] for j in jobs if j.path in done],
+            [sample for j in jobs if j.path in done for sample in done[j.path][1]],
+            [LeafFailure(path=p, reason=failed[p][:1024]) for p in sorted(failed)],
+        )
 
-    def write_report(self, results: list[LeafResult], failures: list[LeafFailure]) -> None:
+    async def choices(self, jobs: list[LeafJob]) -> None:
+        """The multiple-choice pipeline over every knowledge leaf; all of them failing is a
+        GenerationError (raised by the caller)."""
+        if self.choice_pipeline is None or not jobs:
+            return
+        flow = self.choice_pipeline.flow("knowledge", "choice")
+        template = flow.choice
+        assert template is not None  # flow() checked it
+        questions = self.config.multiple_choice.questions_per_chunk if self.config.multiple_choice else 1
+        system = self.choice_pipeline.system
+        engine = Engine(self.teacher, self.metrics, system, self.config.scale.seed, questions)
+        where = f"pipeline {self.choice_pipeline.name!r} knowledge choice"
+
+        def build(job: LeafJob, rows: list[Row]) -> tuple[list[ChoiceExample], StageCount | None]:
+            return to_choices(template, job.path, rows, where=where)
+
+        self.choice_results, self.questions, self.choice_failures = await self.side_flow(
+            jobs, flow, engine, "choices", build, ChoiceExample
+        )
+
+    async def auxiliaries(self, jobs: list[LeafJob]) -> None:
+        """The pipeline's auxiliary flow over every knowledge leaf's chunks."""
+        flow = self.pipeline.auxiliary
+        if flow is None or not jobs:
+            return
+        scale = self.config.scale
+        engine = Engine(self.teacher, self.metrics, self.pipeline.system, scale.seed, scale.samples_per_seed)
+        where = f"pipeline {self.pipeline.name!r} auxiliary sample"
+
+        def build(job: LeafJob, rows: list[Row]) -> tuple[list[Record], None]:
+            metadata = self.metadata(job, AUXILIARY)
+            return training_samples(job, flow.sample, where, metadata, rows)
+
+        self.auxiliary_results, self.auxiliary, self.auxiliary_failures = await self.side_flow(
+            jobs, flow, engine, "auxiliary", build, Record
+        )
+
+    def write_report(
+        self, results: list[LeafResult], failures: list[LeafFailure], mixing: Mixed | None
+    ) -> None:
         report = Report(
             taxonomy_commit=self.commit,
             teacher_model=self.teacher.model_name,
@@ -296,22 +356,35 @@ class _Run:
             held_out=self.held_out,
             choices=self.choice_results,
             choice_failures=self.choice_failures,
+            auxiliary=self.auxiliary_results,
+            auxiliary_failures=self.auxiliary_failures,
+            mixing=(
+                {
+                    "knowledge": dict(_sources(mixing.phase1)),
+                    "skills": dict(_sources(mixing.phase2)),
+                    "upsampled": {"skills": mixing.upsampled},
+                }
+                if mixing
+                else {}
+            ),
         )
         (self.output / "report.json").write_text(report.model_dump_json(indent=1))
 
-    def write_datasets(
-        self, results: list[LeafResult], samples: list[Record], failures: list[LeafFailure]
-    ) -> GenerateSummary:
+    def mix(self, samples: list[Record]) -> Mixed:
         knowledge = [s for s in samples if s.metadata.leaf_type == "knowledge"]
         skills = [s for s in samples if s.metadata.leaf_type != "knowledge"]
         mixing = self.config.mixing
         replays = [
             read_replay(resolve_artifact(r.uri, self.config.artifact_root), r.uri) for r in mixing.replay
         ]
-        phase1, phase2 = mix(knowledge, skills, mixing, replays, self.config.scale.seed)
+        return mix(knowledge, skills, self.auxiliary, mixing, replays, self.config.scale.seed)
+
+    def write_datasets(
+        self, results: list[LeafResult], samples: list[Record], failures: list[LeafFailure], mixed: Mixed
+    ) -> GenerateSummary:
         outputs = GenerationOutputs(
-            knowledge=self._dataset("knowledge", phase1),
-            skills=self._dataset("skills", phase2),
+            knowledge=self._dataset("knowledge", mixed.phase1),
+            skills=self._dataset("skills", mixed.phase2, mixed.upsampled),
             # Every selected leaf's, skipped ones too: the set depends on the taxonomy and the seed only.
             evaluation=self._dataset("evaluation", self.evaluation),
             evaluation_choices=self._dataset("evaluation-choices", self.questions),
@@ -319,8 +392,9 @@ class _Run:
         stages: Counter[str] = Counter()
         for result in results:
             stages.update({f"{result.leaf_type}/{stage}": n for stage, n in _stage_summary(result).items()})
-        for result in self.choice_results:
-            stages.update({f"{CHOICE_STAGES}/{stage}": n for stage, n in _stage_summary(result).items()})
+        for prefix, side in ((CHOICE_STAGES, self.choice_results), (AUXILIARY, self.auxiliary_results)):
+            for result in side:
+                stages.update({f"{prefix}/{stage}": n for stage, n in _stage_summary(result).items()})
         summary = GenerateSummary(
             taxonomy_commit=self.commit,
             teacher_model=self.teacher.model_name,
@@ -329,7 +403,7 @@ class _Run:
             leaves_done=len(results),
             leaves_total=len(results) + len(failures),
             samples_generated=sum(_generated(r, self.pipeline) for r in results),
-            samples_kept=len(samples),
+            samples_kept=len(samples) + len(self.auxiliary),
             stages=dict(stages),
             leaves=[LeafSummary(path=r.path, stages=_stage_summary(r)) for r in results],
             report=f"{self.config.output.rstrip('/')}/report.json",
@@ -337,6 +411,10 @@ class _Run:
             failed_leaf_count=len(failures),
         )
         return fit(summary, ("leaves", "failed_leaves"))
+
+
+def _sources(records: Sequence[Record]) -> Counter[str]:
+    return Counter(r.metadata.source for r in records)
 
 
 def load_pipeline(ref: PipelineRef, artifact_root: str) -> Pipeline:
@@ -446,21 +524,49 @@ def _jobs(
     return jobs
 
 
-def _choice_jobs(
-    config: GenerateConfig, leaves: list[_Leaf], choice_pipeline: Pipeline, count: TokenCounter, teacher: str
+def _document_jobs(
+    leaves: list[_Leaf], rows: Callable[[_Leaf, KnowledgeQna], list[Row]], *fingerprint: object
 ) -> list[LeafJob]:
-    """One job per knowledge leaf for the multiple-choice pipeline: its document chunks."""
-    assert config.multiple_choice is not None  # load_choice_pipeline returned a pipeline
-    questions = config.multiple_choice.questions_per_chunk
+    """One job per knowledge leaf for a flow over its document chunks (multiple-choice questions,
+    auxiliary samples); `fingerprint` is what else decides the flow's result."""
     jobs = []
     for leaf in leaves:
         if leaf.leaf_type != "knowledge":
             continue
-        qna = KnowledgeQna.model_validate(leaf.contents)
-        rows = chunk_rows(qna, leaf.documents, count, config.scale.chunk_tokens, questions)
-        fingerprint = _fingerprint(choice_pipeline.fingerprint(), rows, config.scale.seed, teacher)
-        jobs.append(LeafJob(leaf.path, leaf.leaf_type, rows, fingerprint))
+        leaf_rows = rows(leaf, KnowledgeQna.model_validate(leaf.contents))
+        jobs.append(LeafJob(leaf.path, leaf.leaf_type, leaf_rows, _fingerprint(*fingerprint, leaf_rows)))
     return jobs
+
+
+def _choice_jobs(
+    config: GenerateConfig, leaves: list[_Leaf], choice_pipeline: Pipeline, count: TokenCounter, teacher: str
+) -> list[LeafJob]:
+    """The multiple-choice pipeline's jobs: each knowledge leaf's chunks."""
+    assert config.multiple_choice is not None  # load_choice_pipeline returned a pipeline
+    questions, chunk_tokens = config.multiple_choice.questions_per_chunk, config.scale.chunk_tokens
+    return _document_jobs(
+        leaves,
+        lambda leaf, qna: chunk_rows(qna, leaf.documents, count, chunk_tokens, questions),
+        choice_pipeline.fingerprint(),
+        config.scale.seed,
+        teacher,
+    )
+
+
+def _auxiliary_jobs(
+    config: GenerateConfig, leaves: list[_Leaf], flow_pipeline: Pipeline, count: TokenCounter, teacher: str
+) -> list[LeafJob]:
+    """The auxiliary flow's jobs: each knowledge leaf's chunks, one row per kind of rewrite."""
+    flow = flow_pipeline.auxiliary
+    if flow is None:
+        return []
+    scale = config.scale
+
+    def rows(leaf: _Leaf, qna: KnowledgeQna) -> list[Row]:
+        rng = random.Random(f"{scale.seed}/{leaf.path}/auxiliary")
+        return auxiliary_rows(qna, leaf.documents, count, scale.chunk_tokens, flow.instructions, rng)
+
+    return _document_jobs(leaves, rows, flow.model_dump_json(), flow_pipeline.system, scale.seed, teacher)
 
 
 async def generate_async(
@@ -491,6 +597,7 @@ async def generate_async(
             if choice_pipeline
             else []
         )
+        auxiliary_jobs = _auxiliary_jobs(config, leaves, flow_pipeline, count, teacher.model_name)
         output.mkdir(parents=True, exist_ok=True)
         metrics.leaves_total.set(len(jobs))
         run = _Run(
@@ -509,25 +616,42 @@ async def generate_async(
         async def training() -> None:
             trained.append(await run.leaves(jobs))
 
-        await side_by_side(training(), run.choices(choice_jobs))
+        await side_by_side(training(), run.choices(choice_jobs), run.auxiliaries(auxiliary_jobs))
         results, samples, failures = trained[0]
     finally:
         if owned:
             await teacher.aclose()
-    run.write_report(results, failures)
+    problem = _run_problem(config, len(jobs), results, failures, choice_jobs, run)
+    mixed = None if problem else run.mix(samples)
+    run.write_report(results, failures, mixed)
+    if problem:
+        raise problem
+    assert mixed is not None
+    return run.write_datasets(results, samples, failures, mixed)
+
+
+def _run_problem(
+    config: GenerateConfig,
+    leaves: int,
+    results: list[LeafResult],
+    failures: list[LeafFailure],
+    choice_jobs: list[LeafJob],
+    run: _Run,
+) -> GenerationError | None:
+    """Why the finished flows make no datasets, if they do not."""
     if failures and (config.leaf_failure_policy == "FailRun" or not results):
         # The finished leaves stay checkpointed: a run with the same output resumes them.
         skip = " (or set leafFailurePolicy: SkipLeaf to finish without it)" if results else ""
-        raise GenerationError(
-            f"{len(failures)} of {len(jobs)} leaves produced nothing{skip}: "
+        return GenerationError(
+            f"{len(failures)} of {leaves} leaves produced nothing{skip}: "
             + "; ".join(f.reason for f in failures)
         )
     if choice_jobs and not run.questions:
-        raise GenerationError(
+        return GenerationError(
             f"evaluation.multipleChoice: no question survived the pipeline in any of the {len(choice_jobs)} "
             "knowledge leaves (see report.json); first: " + run.choice_failures[0].reason
         )
-    return run.write_datasets(results, samples, failures)
+    return None
 
 
 def generate(

@@ -3,6 +3,7 @@ chunks of its documents)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -94,19 +95,41 @@ def rows_for(
     return skill_rows(SkillQna.model_validate(contents))
 
 
-def chunk_rows(
-    qna: KnowledgeQna, documents: list[Document], count: TokenCounter, chunk_tokens: int, questions: int
+def _chunk_rows(
+    qna: KnowledgeQna, documents: list[Document], count: TokenCounter, chunk_tokens: int
 ) -> list[Row]:
-    """One row per document chunk, for the multiple-choice pipeline: the chunk to write questions
-    about and how many to write (no seed example: the questions test the document)."""
     return [
         {
             "domain": qna.domain,
             "document_outline": qna.document_outline,
             "document": text,
             "source": document.path,
-            "questions": questions,
         }
         for document in documents
         for text in chunk(document.text, count, chunk_tokens)
+    ]
+
+
+def chunk_rows(
+    qna: KnowledgeQna, documents: list[Document], count: TokenCounter, chunk_tokens: int, questions: int
+) -> list[Row]:
+    """One row per document chunk, for the multiple-choice pipeline: the chunk to write questions
+    about and how many to write (no seed example: the questions test the document)."""
+    return [{**row, "questions": questions} for row in _chunk_rows(qna, documents, count, chunk_tokens)]
+
+
+def auxiliary_rows(
+    qna: KnowledgeQna,
+    documents: list[Document],
+    count: TokenCounter,
+    chunk_tokens: int,
+    instructions: dict[str, list[str]],
+    rng: random.Random,
+) -> list[Row]:
+    """One row per document chunk and kind of rewrite, for a pipeline's auxiliary flow: the chunk,
+    the kind (`auxiliary`) and one of its instructions, drawn with `rng`."""
+    return [
+        {**row, "auxiliary": kind, "instruction": rng.choice(instructions[kind])}
+        for row in _chunk_rows(qna, documents, count, chunk_tokens)
+        for kind in sorted(instructions)
     ]

@@ -142,11 +142,35 @@ class ReplayDataset(ApiModel):
     """Draw this many samples per generated skills sample."""
 
 
-class MixingSpec(ApiModel):
-    """How the phase datasets are assembled."""
+class RaftSpec(ApiModel):
+    """RAFT-style knowledge samples of the skills phase (Retrieval Augmented Fine-Tuning, as
+    InstructLab's phase 1.0 builds them): the question with several document chunks in its user
+    turn, the one it was written from (the golden chunk) only some of the time, so the model learns
+    to answer from what it knows and to use a document only when it holds the answer."""
 
-    knowledge_replay_ratio: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
-    """Knowledge samples replayed in the skills dataset, per skills sample."""
+    documents: Annotated[int, Field(ge=1, le=16)] = 4
+    """Chunks in each sample's context: the golden one and distractors drawn from the other
+    samples' chunks, or only distractors (fewer when there are not that many other chunks)."""
+    golden_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    """Chance that the golden chunk is among them."""
+
+
+class MixingSpec(ApiModel):
+    """How the phase datasets are assembled (LAB's data mixing): phase 1 trains on each knowledge
+    sample whole (its source chunk, the question and the answer) and on the auxiliary samples;
+    phase 2 holds the skills samples, the knowledge samples again (as RAFT samples, answer trained
+    only, and whole as in phase 1), the auxiliary samples and the replay datasets."""
+
+    knowledge_replay_ratio: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
+    """Knowledge samples in the skills dataset, per skills sample, drawn from all of them. Unset:
+    all of them, as InstructLab mixes."""
+    raft: RaftSpec = Field(default_factory=RaftSpec)
+    """RAFT context of the skills dataset's knowledge samples (knowledge flows that keep their
+    chunk apart: a pipeline sample with `context`)."""
+    knowledge_floor: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.03
+    """The smallest share of knowledge samples in the skills dataset: when large replay datasets
+    outnumber them, knowledge samples are repeated (drawn again, seeded) up to it, as InstructLab
+    upsamples knowledge below 3 %. 0 turns it off."""
     replay: Annotated[list[ReplayDataset], Field(max_length=16)] = Field(default_factory=list)
     """Precomputed datasets mixed into the skills dataset."""
 
@@ -248,6 +272,9 @@ class LeafFailure(ApiModel):
     """What happened to its samples, stage by stage."""
 
 
+NonNegative = Annotated[int, Field(ge=0)]
+
+
 class DatasetOutput(ApiModel):
     """A dataset the run produced."""
 
@@ -257,6 +284,13 @@ class DatasetOutput(ApiModel):
     """Number of records."""
     sha256: Sha256
     """Digest of the file."""
+    sources: Annotated[dict[str, NonNegative], Field(max_length=32)] | None = None
+    """A training dataset's records by where they came from (`metadata.source`): `generated` (a
+    knowledge sample whole, or a skills sample), `auxiliary`, `raft`, `knowledge_replay`, or a
+    replay dataset's URI."""
+    upsampled: NonNegative | None = None
+    """The skills dataset's knowledge records repeated to reach `mixing.knowledgeFloor` (counted in
+    `sources` too)."""
 
 
 class GenerationOutputs(ApiModel):

@@ -34,12 +34,16 @@ class SampleMetadata(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     source: str = ""
-    """`generated`, `knowledge_replay`, or the URI of a replay dataset."""
+    """`generated`, `auxiliary`, `raft`, `knowledge_replay`, or the URI of a replay dataset."""
     leaf: str = ""
     leaf_type: str = ""
     pipeline: str = ""
     teacher: str = ""
     taxonomy_commit: str = ""
+    document: str = ""
+    """The chunk a generated knowledge sample was written from, kept apart from its turns until the
+    datasets are mixed (which put it in the user turn, alone or among RAFT distractors); empty in
+    the datasets themselves, where it would only repeat the user turn."""
 
 
 class Record(BaseModel):

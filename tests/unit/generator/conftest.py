@@ -197,6 +197,10 @@ class FakeTeacher:
     fail_after: int | None = None
     requests: list[CompletionRequest] = field(default_factory=list)
 
+    def rewrites(self) -> list[CompletionRequest]:
+        """The requests of the built-in pipelines' auxiliary flow (documents rewritten)."""
+        return [r for r in self.requests if r.prompt.startswith("You rewrite passages")]
+
     @property
     def model_name(self) -> str:
         return "fake-teacher"

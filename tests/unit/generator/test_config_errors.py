@@ -154,7 +154,7 @@ def _without_knowledge_flow(folder: Path) -> Path:
     """The simple pipeline without its knowledge flow (prompt files stay where they are)."""
     builtin = packaged_path("simple")
     data = yaml.safe_load(builtin.read_text())
-    del data["flows"]["knowledge"]
+    del data["flows"]["knowledge"], data["auxiliary"]
     for flow in data["flows"].values():
         for block in flow["blocks"]:
             if "prompt_file" in block:

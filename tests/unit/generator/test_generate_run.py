@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,13 +58,23 @@ def test_generates_phase_datasets(
     phase1, phase2 = _records(Path(knowledge.uri)), _records(Path(skills.uri))
     assert (knowledge.samples, skills.samples) == (len(phase1), len(phase2))
     assert all(r.unmask and r.metadata.leaf_type == "knowledge" for r in phase1)
-    sources = {r.metadata.source for r in phase2}
-    assert sources == {"generated", "knowledge_replay"}
-    assert not any(r.unmask for r in phase2)
-    generated_skills = [r for r in phase2 if r.metadata.source == "generated"]
-    # knowledgeReplayRatio 1.0: one knowledge sample per skills sample, at most all of them.
-    assert len(phase2) - len(generated_skills) == min(len(generated_skills), len(phase1))
-    assert summary.samples_kept == len(phase1) + len(generated_skills)
+    by_source = Counter(r.metadata.source for r in phase1)
+    assert set(by_source) == {"generated", "auxiliary"}
+    assert by_source["auxiliary"] == 2  # one chunk, rewritten as a summary and as a list of facts
+    assert knowledge.sources == by_source
+    # Phase 1 trains each knowledge sample whole, its chunk before the question.
+    chunk = "# The Sun\n\nThe Sun is the star at the centre of the Solar System"
+    assert all(r.messages[0].content.startswith(chunk) for r in phase1 if r.metadata.source == "generated")
+    assert all(not r.metadata.document for r in phase1 + phase2)
+    in_phase2 = Counter(r.metadata.source for r in phase2)
+    assert skills.sources == in_phase2
+    generated = by_source["generated"]
+    skill_samples = in_phase2["generated"] - generated  # the knowledge samples come again whole
+    assert in_phase2 == {"generated": skill_samples + generated, "raft": generated, "auxiliary": 2}
+    assert {r.id for r in phase2 if r.unmask} == {r.id for r in phase1}
+    raft = [r for r in phase2 if r.metadata.source == "raft"]
+    assert all(r.messages[0].content.startswith("Document:\n") and not r.unmask for r in raft)
+    assert summary.samples_kept == generated + skill_samples + 2
     assert len({r.id for r in phase1}) == len(phase1)
     for record in phase1 + phase2:
         assert [m.role for m in record.messages] == ["user", "assistant"]
@@ -80,8 +91,10 @@ def test_knowledge_prompts_carry_the_document_and_seed_examples(
 ) -> None:
     teacher = fake_teacher()
     generate(make_config(sample_taxonomy, include=["knowledge/**"]), teacher=teacher)
-    prompts = [r.prompt for r in teacher.requests]
+    rewritten = teacher.rewrites()
+    prompts = [r.prompt for r in teacher.requests if r not in rewritten]
     assert len(prompts) == 5 * 2  # one chunk x five seed examples x samplesPerSeed
+    assert len(rewritten) == 2  # the chunk, rewritten as a summary and as facts
     assert all("fuses about 600 million tonnes" in p for p in prompts)
     assert any("Question: How old is the Sun?\nAnswer: About 4.6 billion years." in p for p in prompts)
 
@@ -136,7 +149,8 @@ def test_changed_inputs_discard_checkpoints(
     generate(make_config(sample_taxonomy), teacher=fake_teacher())
     teacher = fake_teacher()
     generate(make_config(sample_taxonomy, scale={"samplesPerSeed": 3}), teacher=teacher)
-    assert len(teacher.requests) == 3 * 5 * 3
+    # The scale changed (its seed and chunk size with it): every leaf and both rewrites start over.
+    assert len(teacher.requests) == 3 * 5 * 3 + 2
 
 
 def _strict_judge(fake_teacher: type[FakeTeacher]) -> Callable[[CompletionRequest], str | None]:

@@ -4,13 +4,16 @@ untrained tokens whose text is compared with the rendered conversation."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from random import Random
 from typing import Any
 
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from labtune.api.synthetic_data_run_types import RaftSpec
 from labtune.contract import ConfigError
-from labtune.contract.records import Record
+from labtune.contract.records import Message, Record, SampleMetadata
+from labtune.generator.mixing import raft, whole
 from labtune.trainer.masking import IGNORE_INDEX, tokenize_sample
 
 # SmolLM2's template: a default system prompt when the conversation has none.
@@ -107,3 +110,40 @@ def test_a_template_that_drops_a_message_is_a_config_error(
     tokenizer = make_tokenizer("{% for m in messages if m.role != 'system' %}{{ m.content }}\n{% endfor %}")
     with pytest.raises(ConfigError, match="does not render every message's content verbatim"):
         tokenize_sample(_sample(("system", "s"), ("user", "q"), ("assistant", "a")), tokenizer)
+
+
+def _generated(question: str, answer: str, chunk: str) -> Record:
+    return Record(
+        id="k",
+        messages=[Message(role="user", content=question), Message(role="assistant", content=answer)],
+        metadata=SampleMetadata(source="generated", leaf_type="knowledge", document=chunk),
+    )
+
+
+def test_lab_knowledge_samples_token_by_token(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    """What each sample type mixing makes trains: a knowledge sample whole (chunk, question and
+    answer), a RAFT sample only its answer, with the distractors and the question untrained."""
+    sample = _generated("who?", "ada.", "ada wrote it")
+    assert runs(whole(sample), tiny_tokenizer) == [
+        ("<|im_start|>user\n", False),
+        ("ada wrote it\n\nwho?", True),
+        ("<|im_end|>\n<|im_start|>assistant\n", False),
+        ("ada.<|im_end|>", True),
+        ("\n", False),
+    ]
+    with_golden = raft(
+        sample, ["ada wrote it", "bob read it"], RaftSpec(documents=2, golden_probability=1.0), Random(0)
+    )
+    (context, trained), (answer, answer_trained), _ = runs(with_golden, tiny_tokenizer)
+    assert not trained
+    assert "Document:\nada wrote it\n\n" in context
+    assert "Document:\nbob read it\n\n" in context
+    assert context.endswith("\n\nwho?<|im_end|>\n<|im_start|>assistant\n")
+    assert (answer, answer_trained) == ("ada.<|im_end|>", True)
+    without = raft(
+        sample, ["ada wrote it", "bob read it"], RaftSpec(documents=2, golden_probability=0.0), Random(0)
+    )
+    assert runs(without, tiny_tokenizer)[0] == (
+        "<|im_start|>user\nDocument:\nbob read it\n\n\n\nwho?<|im_end|>\n<|im_start|>assistant\n",
+        False,
+    )
