@@ -6,11 +6,14 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from labtune.api.tuning_job_types import BenchmarkResult, TuningJobStatus
 
 RECONCILIATIONS = Counter(
     "labtune_reconciliations", "Reconciliations by kind and result (ok, error).", ["kind", "result"]
@@ -68,28 +71,28 @@ class EvaluationScores(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._runs: dict[tuple[str, str, str], tuple[str, list[Mapping[str, Any]]]] = {}
+        self._runs: dict[tuple[str, str, str], tuple[datetime, list[BenchmarkResult]]] = {}
 
     def update(self, body: Mapping[str, Any]) -> None:
         """Records the run's scores when its status has them."""
-        status = body.get("status") or {}
-        evaluation = status.get("evaluation")
-        if not evaluation:
-            return
+        if not (body.get("status") or {}).get("evaluation"):
+            return  # most events: parse only what has scores
+        status = TuningJobStatus.model_validate(body["status"])
+        assert status.evaluation is not None
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
         with self._lock:
-            self._runs[key] = (status.get("completionTime") or "", evaluation.get("benchmarks") or [])
+            self._runs[key] = (status.completion_time or _NEVER, status.evaluation.benchmarks)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._runs.pop((kind, namespace, name), None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        latest: dict[tuple[str, str], tuple[str, Mapping[str, Any]]] = {}
+        latest: dict[tuple[str, str], tuple[datetime, BenchmarkResult]] = {}
         with self._lock:
             for (_, namespace, _), (finished, benchmarks) in self._runs.items():
                 for benchmark in benchmarks:
-                    key = (namespace, benchmark["name"])
+                    key = (namespace, benchmark.name)
                     if key not in latest or finished >= latest[key][0]:
                         latest[key] = (finished, benchmark)
         family = GaugeMetricFamily(
@@ -98,10 +101,13 @@ class EvaluationScores(Collector):
             labels=["namespace", "benchmark", "metric", "model"],
         )
         for (namespace, name), (_, benchmark) in sorted(latest.items()):
-            for model in ("base", "tuned"):
-                for metric, value in sorted((benchmark.get(model) or {}).items()):
+            for model, scores in (("base", benchmark.base), ("tuned", benchmark.tuned)):
+                for metric, value in sorted(scores.to_wire().items()):  # the metrics' names as in status
                     family.add_metric([namespace, name, metric, model], float(value))
         yield family
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 EVALUATION_SCORES = EvaluationScores()

@@ -210,7 +210,21 @@ def _body(namespace: str, name: str, finished: str, nll: tuple[float, float]) ->
     return {
         "kind": "TuningJob",
         "metadata": {"namespace": namespace, "name": name},
-        "status": {"completionTime": finished, "evaluation": {"benchmarks": [benchmark]}},
+        "status": {
+            "completionTime": finished,
+            "evaluation": {
+                "benchmarks": [benchmark],
+                "checkpoint": {
+                    "phase": "skills",
+                    "step": 8,
+                    "uri": "pvc://c/ck",
+                    "selectedBy": "evalLoss",
+                    "candidates": 1,
+                },
+                "summary": "pvc://c/evaluation/summary.json",
+                "seconds": 1.0,
+            },
+        },
     }
 
 
