@@ -27,5 +27,11 @@ def hf_folder(gguf: Path) -> Path:
     shutil.rmtree(temporary, ignore_errors=True)
     load_model(gguf).save_pretrained(temporary)
     load_tokenizer(gguf, None).save_pretrained(temporary)
-    temporary.rename(folder)  # config.json appears only with the complete folder
+    try:
+        temporary.rename(folder)  # config.json appears only with the complete folder
+    except OSError:
+        # Another process (a test run beside a benchmark) converted it first: theirs is as good.
+        shutil.rmtree(temporary, ignore_errors=True)
+        if not (folder / "config.json").exists():
+            raise
     return folder
