@@ -1,6 +1,7 @@
 """Evaluation figures, on SmolLM2-135M-Instruct and CPU:
 
-- **demo**: the demo taxonomy (tests/unit/generator/data, as `make demo`) through `labtune generate`
+- **demo**: the generator tests' taxonomy (tests/unit/generator/data: the demo's until 2026-12-03, whose
+  knowledge leaf is now the invented Veltrane one, see knowledge_learning.py) through `labtune generate`
   (transformers teacher, `small-teacher` pipeline, one seed per leaf held out) and `labtune train`
   with the demo TuningJob's phases and its `held-out` benchmark: base and tuned scores; the time
   the evaluation takes against the training steps' time in one process; and the time it adds to

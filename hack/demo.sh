@@ -75,11 +75,11 @@ for kind in taxonomy syntheticdatarun tuningjob; do
 done
 printf '\n\033[1mTaxonomy revision:\033[0m %s\n' "$(kubectl get taxonomy demo -o jsonpath='{.status.revision}')"
 printf '\033[1mSyntheticDataRun outputs:\033[0m\n'
-kubectl get sdr demo -o jsonpath='{range .status.outputs.*}{.uri}  samples={.samples}  sha256={.sha256}{"\n"}{end}'
+kubectl get sdr demo -o jsonpath='{range .status.outputs.*}{.uri}  samples={.samples}  sha256={.sha256}  sources={.sources}{"\n"}{end}'
 printf '\033[1mTuningJob output:\033[0m\n'
 kubectl get tj demo -o jsonpath='{.status.output}{"\n"}'
 printf '\033[1mTuningJob evaluation (held-out seed questions, base -> tuned):\033[0m\n'
-kubectl get tj demo -o jsonpath='{range .status.evaluation.benchmarks[*]}{.name}: {.examples} questions  nll {.base.nll} -> {.tuned.nll}  rougeL {.base.rougeL} -> {.tuned.rougeL}{"\n"}{end}'
+kubectl get tj demo -o jsonpath='{range .status.evaluation.benchmarks[*]}{.name}: {.examples} questions  nll {.base.nll} -> {.tuned.nll}  contains {.base.contains} -> {.tuned.contains}  rougeL {.base.rougeL} -> {.tuned.rougeL}{"\n"}{end}'
 kubectl get tj demo -o jsonpath='output from {.status.evaluation.checkpoint.phase} step {.status.evaluation.checkpoint.step} (by {.status.evaluation.checkpoint.selectedBy}); scored in {.status.evaluation.seconds}s{"\n"}'
 
 printf '\n\033[1mThe files on the artifact claim (%s), with their sha256:\033[0m\n' "$claim"

@@ -1,6 +1,6 @@
 """Does a model tuned by labtune learn a taxonomy's knowledge? One knowledge leaf of facts no model
-can know (the fictional Veltrane Archipelago: 12 facts in a Markdown document, in a git repository
-of its own), the real SmolLM2-135M-Instruct as teacher and as student, and the documented commands:
+can know (the demo's: the fictional Veltrane Archipelago, 12 facts in a Markdown document, in a git
+repository of its own), the real SmolLM2-135M-Instruct as teacher and as student, and the documented commands:
 `labtune generate` (the packaged `small-teacher` pipeline), `labtune train` (LoRA, knowledge then
 skills phase) and `labtune evaluate`, which scores the base model and the tuned adapter on 12
 questions asked without the document and worded unlike anything in the seeds or the data (the
@@ -35,10 +35,17 @@ from labtune.generator.pipeline import packaged_path
 
 LEAF = "knowledge/geography/veltrane/qna.yaml"
 SEED = 7
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
+"""The demo's sources: the leaf and its document."""
 
 
 def data_file(name: str) -> Path:
     return Path(str(resources.files("labtune_dev") / "data" / name))
+
+
+def leaf_file() -> Path:
+    """The demo's Veltrane qna.yaml (document repository and commit to fill in)."""
+    return DEMO / "taxonomy" / LEAF
 
 
 def questions() -> list[dict[str, str]]:
@@ -67,8 +74,8 @@ def _repo(folder: Path, files: dict[str, str]) -> str:
 def make_taxonomy(where: Path) -> tuple[Path, str]:
     """The taxonomy repository (one knowledge leaf) and its commit; the document is in a second one."""
     documents = where / "documents"
-    commit = _repo(documents, {"veltrane.md": data_file("veltrane.md").read_text()})
-    qna = data_file("veltrane-qna.yaml").read_text()
+    commit = _repo(documents, {"veltrane.md": (DEMO / "documents" / "veltrane.md").read_text()})
+    qna = leaf_file().read_text()
     qna = qna.replace("DOCUMENT_REPO", str(documents)).replace("DOCUMENT_COMMIT", commit)
     root = where / "taxonomy"
     return root, _repo(root, {LEAF: qna})

@@ -154,6 +154,10 @@ def test_taxonomy_to_tuned_adapter(
     assert benchmark["name"] == "held-out"
     assert benchmark["examples"] == len(questions)
     assert {"nll", "exactMatch", "contains", "rougeL"} <= benchmark["base"].keys() & benchmark["tuned"].keys()
+    # The demo's knowledge leaf is invented facts, trained with their chunks: visibly learnt (5.10 -> 4.20
+    # measured), though the held-out seed's questions were never shown to the teacher.
+    assert benchmark["tuned"]["nll"] < benchmark["base"]["nll"] - 0.3, benchmark
+    assert run["outputs"]["skills"]["sources"].keys() == {"generated", "raft", "auxiliary"}
     assert job["evaluation"]["checkpoint"]["selectedBy"] == "evalLoss"
     assert condition(job, "Evaluated")["reason"] == "Scored"
     summary = state.claim_dir / job["evaluation"]["summary"].removeprefix("pvc://labtune-artifacts/")
