@@ -110,6 +110,8 @@ class Engine:
                 )
                 owners.append(index)
         completions = await self.teacher.complete(requests)
+        for completion in completions:  # here, not in each backend: every teacher is counted alike
+            self.metrics.record_tokens(completion.prompt_tokens, completion.completion_tokens)
         return list(zip(owners, completions, strict=True))
 
     async def _generate(

@@ -48,6 +48,11 @@ class GeneratorMetrics:
         self.tokens = Counter(
             "labtune_generator_teacher_tokens", "Teacher tokens by direction", ["direction"], registry=r
         )
+        self.leaves_reused = Counter(
+            "labtune_generator_leaves_reused", "Leaves whose samples came from the leaf cache", registry=r
+        )
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         self.errors = Counter(
             "labtune_generator_errors", "Dropped or failed items by kind", ["kind"], registry=r
         )
@@ -55,6 +60,8 @@ class GeneratorMetrics:
     def record_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.tokens.labels("in").inc(prompt_tokens)
         self.tokens.labels("out").inc(completion_tokens)
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
 
     def serve(self, port: int) -> None:
         """Serves /metrics on `port` in a daemon thread (0: not at all); a port that cannot be

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from labtune.api.synthetic_data_run_types import DatasetOutput, GenerationOutputs, LeafFailure
+from labtune.api.synthetic_data_run_types import (
+    DatasetOutput,
+    GenerationCost,
+    GenerationOutputs,
+    LeafFailure,
+)
 from labtune.contract import ConfigError, resolve_artifact
 from labtune.contract.common import LeafType, fit, output_path
 from labtune.contract.evaluate import ChoiceExample, EvalExample
@@ -39,6 +44,7 @@ from labtune.generator.documents import Document, DocumentSource, fetch
 from labtune.generator.engine import Engine, Row, StageCount, render, to_messages
 from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.jsonl_files import read_replay, write_jsonl
+from labtune.generator.leaf_cache import LeafCache, cache_key
 from labtune.generator.mixing import AUXILIARY, GENERATED, Mixed, mix
 from labtune.generator.pipeline import AuxiliaryFlow, Flow, GenerateBlock, Pipeline, SampleTemplate
 from labtune.generator.seeds import KnowledgeQna, auxiliary_rows, chunk_rows, rows_for
@@ -50,6 +56,9 @@ log = logging.getLogger(__name__)
 
 CHOICE_STAGES = "multipleChoice"
 """The prefix of the multiple-choice pipeline's stages in the summary's stage counts."""
+
+TRAINING = "training"
+"""The training flows' folder in the leaf cache (beside `choices` and `auxiliary`)."""
 
 
 class GenerationError(Exception):
@@ -84,6 +93,13 @@ class Report(BaseModel):
     """Knowledge leaves of which no auxiliary sample survived, and why."""
     mixing: dict[str, dict[str, int]] = {}
     """Records of each phase dataset by source, and `upsampled` (mixing.knowledgeFloor)."""
+    cache: dict[str, dict[str, int]] = {}
+    """Leaves per flow (training, choices, auxiliary) `reused` from the leaf cache or `generated`."""
+
+
+def teacher_identity(config: TeacherConfig, teacher: Teacher) -> str:
+    """What names the teacher's outputs in checkpoint and cache keys."""
+    return f"{config.backend}/{config.api}/{config.identity or teacher.model_name}"
 
 
 def token_counter(config: TeacherConfig, artifact_root: str, teacher: Teacher) -> TokenCounter:
@@ -121,6 +137,31 @@ def _stage_summary(result: LeafResult) -> dict[str, int]:
 SampleT = TypeVar("SampleT", Record, ChoiceExample)
 
 
+def _with_commit(sample: SampleT, commit: str) -> SampleT:
+    if isinstance(sample, Record):
+        metadata = sample.metadata.model_copy(update={"taxonomy_commit": commit})
+        return sample.model_copy(update={"metadata": metadata})
+    return sample
+
+
+@dataclass(frozen=True)
+class CacheSlot:
+    """A leaf flow's place in the leaf cache."""
+
+    cache: LeafCache
+    key: str
+    commit: str
+
+    def get(self, model: type[SampleT]) -> tuple[LeafResult, list[SampleT]] | None:
+        """The cached leaf as this run would write it: with this run's taxonomy commit, the one
+        input of a sample that its key leaves out (an unchanged leaf keeps its key across commits)."""
+        hit = self.cache.get(self.key, model)
+        if hit is None:
+            return None
+        result, samples = hit
+        return result, [_with_commit(sample, self.commit) for sample in samples]
+
+
 async def run_flow(
     job: LeafJob,
     flow: Flow | AuxiliaryFlow,
@@ -128,14 +169,19 @@ async def run_flow(
     checkpoint: LeafCheckpoint,
     build: Callable[[list[Row]], tuple[list[SampleT], StageCount | None]],
     model: type[SampleT],
+    cached: CacheSlot | None = None,
 ) -> tuple[LeafResult, list[SampleT]]:
-    """Runs (or resumes, or skips when finished) one leaf's flow, then `build`s its output from the
-    surviving rows (with the count of that last step, when it can drop rows); GenerationError
-    when nothing survives."""
+    """Runs (or resumes, or skips when finished, or takes from the leaf cache) one leaf's flow,
+    then `build`s its output from the surviving rows (with the count of that last step, when it
+    can drop rows); GenerationError when nothing survives."""
     done = checkpoint.result()
     if done is not None:
         log.info("leaf %s: finished earlier, %d samples", job.path, done.samples)
         return done, checkpoint.samples(model)
+    hit = cached.get(model) if cached else None
+    if hit is not None:
+        log.info("leaf %s: reused from the leaf cache, %d samples", job.path, hit[0].samples)
+        return hit
     counts, rows = checkpoint.resume() or ([], job.rows)
     if counts:
         log.info("leaf %s: resuming after stage %s", job.path, counts[-1].stage)
@@ -155,6 +201,8 @@ async def run_flow(
         raise GenerationError(f"leaf {job.path}: no sample survived the pipeline ({stages})")
     result = LeafResult(path=job.path, leaf_type=job.leaf_type, stages=counts, samples=len(samples))
     checkpoint.finish(result, samples)
+    if cached:
+        cached.cache.put(cached.key, result, samples)
     return result, samples
 
 
@@ -187,14 +235,15 @@ async def run_leaf(
     engine: Engine,
     checkpoint: LeafCheckpoint,
     metadata: SampleMetadata,
+    cached: CacheSlot | None = None,
 ) -> tuple[LeafResult, list[Record]]:
-    """Runs (or resumes, or skips when finished) one leaf's training flow; GenerationError when
-    nothing survives."""
+    """Runs (or resumes, or skips when finished, or reuses) one leaf's training flow;
+    GenerationError when nothing survives."""
     flow = flow_pipeline.flow(job.leaf_type)
     assert flow.sample is not None  # flow() checked that the flow writes samples
     where = f"pipeline {flow_pipeline.name!r} {job.leaf_type} sample"
     build = partial(training_samples, job, flow.sample, where, metadata)
-    return await run_flow(job, flow, engine, checkpoint, build, Record)
+    return await run_flow(job, flow, engine, checkpoint, build, Record, cached)
 
 
 def _generated(result: LeafResult, flow_pipeline: Pipeline) -> int:
@@ -215,12 +264,29 @@ class _Run:
     held_out: list[holdout.HeldOutLeaf]
     evaluation: list[EvalExample]
     choice_pipeline: Pipeline | None = None
+    cache: LeafCache | None = None
+    reuse: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per flow folder: leaves reused from the cache, leaves the teacher wrote."""
     choice_results: list[LeafResult] = field(default_factory=list)
     choice_failures: list[LeafFailure] = field(default_factory=list)
     questions: list[ChoiceExample] = field(default_factory=list)
     auxiliary_results: list[LeafResult] = field(default_factory=list)
     auxiliary_failures: list[LeafFailure] = field(default_factory=list)
     auxiliary: list[Record] = field(default_factory=list)
+
+    def slot(self, folder: str, job: LeafJob) -> CacheSlot | None:
+        if self.cache is None:
+            return None
+        return CacheSlot(self.cache, cache_key(folder, job.path, job.fingerprint), self.commit)
+
+    def count_reuse(self, folder: str, slots: list[CacheSlot | None]) -> int:
+        """Records how many of a flow's leaves came from the cache; returns that number."""
+        hits = self.cache.hits if self.cache else set()
+        reused = sum(1 for slot in slots if slot is not None and slot.key in hits)
+        self.reuse[folder] = (reused, len(slots) - reused)
+        if reused:
+            self.metrics.leaves_reused.inc(reused)
+        return reused
 
     def metadata(self, job: LeafJob, source: str) -> SampleMetadata:
         return SampleMetadata(
@@ -255,12 +321,13 @@ class _Run:
         engine = Engine(self.teacher, self.metrics, self.pipeline.system, scale.seed, scale.samples_per_seed)
         results: dict[str, tuple[LeafResult, list[Record]]] = {}
         failures: dict[str, str] = {}
+        slots = [self.slot(TRAINING, job) for job in jobs]
 
-        async def one(job: LeafJob) -> None:
+        async def one(job: LeafJob, cached: CacheSlot | None) -> None:
             checkpoint = LeafCheckpoint(self.output / "checkpoints", job.path, job.fingerprint)
             metadata = self.metadata(job, GENERATED)
             try:
-                results[job.path] = await run_leaf(job, self.pipeline, engine, checkpoint, metadata)
+                results[job.path] = await run_leaf(job, self.pipeline, engine, checkpoint, metadata, cached)
             except GenerationError as error:
                 failures[job.path] = str(error)
                 log.warning("%s", error)
@@ -269,7 +336,8 @@ class _Run:
             self.metrics.samples_kept.inc(results[job.path][0].samples)
             self.metrics.samples_generated.inc(_generated(results[job.path][0], self.pipeline))
 
-        await side_by_side(*(one(job) for job in jobs))
+        await side_by_side(*(one(job, slot) for job, slot in zip(jobs, slots, strict=True)))
+        self.count_reuse(TRAINING, slots)
         ordered = [results[j.path] for j in jobs if j.path in results]
         return (
             [r for r, _ in ordered],
@@ -291,16 +359,20 @@ class _Run:
         listed as a failure (its training data is not at stake), not raised."""
         done: dict[str, tuple[LeafResult, list[SampleT]]] = {}
         failed: dict[str, str] = {}
+        slots = [self.slot(folder, job) for job in jobs]
 
-        async def one(job: LeafJob) -> None:
+        async def one(job: LeafJob, cached: CacheSlot | None) -> None:
             checkpoint = LeafCheckpoint(self.output / "checkpoints" / folder, job.path, job.fingerprint)
             try:
-                done[job.path] = await run_flow(job, flow, engine, checkpoint, partial(build, job), model)
+                done[job.path] = await run_flow(
+                    job, flow, engine, checkpoint, partial(build, job), model, cached
+                )
             except GenerationError as error:
                 failed[job.path] = str(error)
                 log.warning("%s: %s", folder, error)
 
-        await side_by_side(*(one(job) for job in jobs))
+        await side_by_side(*(one(job, slot) for job, slot in zip(jobs, slots, strict=True)))
+        self.count_reuse(folder, slots)
         return (
             [done[j.path][0] for j in jobs if j.path in done],
             [sample for j in jobs if j.path in done for sample in done[j.path][1]],
@@ -367,6 +439,10 @@ class _Run:
                 if mixing
                 else {}
             ),
+            cache={
+                folder: {"reused": reused, "generated": generated}
+                for folder, (reused, generated) in self.reuse.items()
+            },
         )
         (self.output / "report.json").write_text(report.model_dump_json(indent=1))
 
@@ -409,8 +485,18 @@ class _Run:
             report=f"{self.config.output.rstrip('/')}/report.json",
             failed_leaves=failures[:20],
             failed_leaf_count=len(failures),
+            cost=self.cost(),
         )
         return fit(summary, ("leaves", "failed_leaves"))
+
+    def cost(self) -> GenerationCost:
+        reused, generated = self.reuse.get(TRAINING, (0, 0))
+        return GenerationCost(
+            leaves_reused=reused,
+            leaves_generated=generated,
+            prompt_tokens=self.metrics.prompt_tokens,
+            completion_tokens=self.metrics.completion_tokens,
+        )
 
 
 def _sources(records: Sequence[Record]) -> Counter[str]:
@@ -580,6 +666,15 @@ async def generate_async(
     flow_pipeline = load_pipeline(config.pipeline, config.artifact_root)
     choice_pipeline = load_choice_pipeline(config)
     output = output_path(config.output, config.artifact_root, "output")
+    cache = (
+        LeafCache(
+            output_path(config.cache.uri, config.artifact_root, "cache"),
+            config.cache.max_bytes,
+            read=config.cache.reuse,
+        )
+        if config.cache
+        else None
+    )
     for replay in config.mixing.replay:  # read again for mixing, hours later: a bad line fails now
         read_replay(resolve_artifact(replay.uri, config.artifact_root), replay.uri)
     base = config.base if config.leaves == "changed" else EMPTY_BASE
@@ -591,13 +686,10 @@ async def generate_async(
     teacher = teacher or make_teacher(config.teacher, config.artifact_root, metrics)
     try:
         count = token_counter(config.teacher, config.artifact_root, teacher)
-        jobs = _jobs(config, leaves, flow_pipeline, count, teacher.model_name)
-        choice_jobs = (
-            _choice_jobs(config, leaves, choice_pipeline, count, teacher.model_name)
-            if choice_pipeline
-            else []
-        )
-        auxiliary_jobs = _auxiliary_jobs(config, leaves, flow_pipeline, count, teacher.model_name)
+        who = teacher_identity(config.teacher, teacher)
+        jobs = _jobs(config, leaves, flow_pipeline, count, who)
+        choice_jobs = _choice_jobs(config, leaves, choice_pipeline, count, who) if choice_pipeline else []
+        auxiliary_jobs = _auxiliary_jobs(config, leaves, flow_pipeline, count, who)
         output.mkdir(parents=True, exist_ok=True)
         metrics.leaves_total.set(len(jobs))
         run = _Run(
@@ -610,6 +702,7 @@ async def generate_async(
             held_out=[leaf.held_out.report(leaf.path) for leaf in leaves if leaf.held_out.seed_indexes],
             evaluation=[example for leaf in leaves for example in leaf.held_out.examples],
             choice_pipeline=choice_pipeline,
+            cache=cache,
         )
         trained: list[tuple[list[LeafResult], list[Record], list[LeafFailure]]] = []
 
@@ -624,6 +717,8 @@ async def generate_async(
     problem = _run_problem(config, len(jobs), results, failures, choice_jobs, run)
     mixed = None if problem else run.mix(samples)
     run.write_report(results, failures, mixed)
+    if cache:
+        cache.prune()
     if problem:
         raise problem
     assert mixed is not None

@@ -83,7 +83,14 @@ def manifest(root: Path, commit: str, base: str, result: TaxonomyScan) -> LeafMa
     )
 
 
-def summarize(commit: str, result: TaxonomyScan, manifest_uri: str) -> TaxonomySyncSummary:
+def leaves_digest(leaf_manifest: LeafManifest) -> str:
+    """The sha256 of every leaf's path and qna.yaml digest: two revisions with the same digest have
+    the same leaves (a qna.yaml pins its documents by commit), whatever else changed."""
+    lines = sorted(f"{leaf.path}\0{leaf.sha256}" for leaf in leaf_manifest.leaves)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def summarize(commit: str, result: TaxonomyScan, manifest_uri: str, digest: str) -> TaxonomySyncSummary:
     errors = [i for f in result.report.files for i in _issues(f.path, f.errors, _MESSAGE_CHARS)]
     warnings = [i for f in result.report.files for i in _issues(f.path, f.warnings, _MESSAGE_CHARS)]
     summary = TaxonomySyncSummary(
@@ -96,6 +103,7 @@ def summarize(commit: str, result: TaxonomyScan, manifest_uri: str) -> TaxonomyS
         warnings=warnings[:50],
         warning_count=len(warnings),
         manifest=manifest_uri,
+        leaves_digest=digest,
     )
     return fit(summary, ("changed_leaves", "warnings", "errors"))
 
@@ -112,4 +120,4 @@ def sync(config: TaxonomySyncConfig) -> TaxonomySyncSummary:
         leaf_manifest = manifest(root, commit, config.base, result)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(leaf_manifest.model_dump_json(by_alias=True, indent=1))
-    return summarize(commit, result, config.manifest)
+    return summarize(commit, result, config.manifest, leaves_digest(leaf_manifest))

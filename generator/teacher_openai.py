@@ -171,7 +171,6 @@ class OpenAITeacher:
             else:
                 self._unusable_in_a_row = 0
                 self._metrics.requests.labels("ok").inc()
-                self._metrics.record_tokens(completion.prompt_tokens, completion.completion_tokens)
                 return completion
         if isinstance(last, _Malformed):
             return self._dropped("malformed")

@@ -169,8 +169,7 @@ class TransformersTeacher:
                 )
             )
         elapsed = time.monotonic() - started
-        for reply in replies:
-            self._metrics.requests.labels("ok").inc()
+        self._metrics.requests.labels("ok").inc(len(replies))
+        for _ in replies:
             self._metrics.latency.observe(elapsed)
-            self._metrics.record_tokens(reply.prompt_tokens, reply.completion_tokens)
         return replies

@@ -19,10 +19,11 @@ from typing import Any, cast
 
 import kopf
 
-from labtune.api import API_VERSION, GROUP, VERSION, SyntheticDataRun, Taxonomy
+from labtune.api import API_VERSION, GROUP, VERSION, LabPipeline, SyntheticDataRun, Taxonomy
 from labtune.api.resource import Resource
 from labtune.operator import operator_metrics as metrics
-from labtune.operator.children.child_names import MANAGED_BY
+from labtune.operator.children.child_names import MANAGED_BY, kind_label
+from labtune.operator.lab_pipeline.lab_pipeline_reconcile import queue_pipeline, resync_pipelines
 from labtune.operator.machinery import resync
 from labtune.operator.machinery.api_client import Kube, api_client
 from labtune.operator.machinery.context import Context, context_of
@@ -66,6 +67,7 @@ def periodic_tasks(settings: OperatorSettings) -> tuple[Periodic, ...]:
     def resync_all(context: Context) -> None:
         resync_runs(context, RUN_KINDS)
         resync_taxonomies(context)
+        resync_pipelines(context)
 
     return (
         Periodic("resync", settings.resync_interval, resync_all),
@@ -80,7 +82,9 @@ def _register_run(registry: kopf.OperatorRegistry, kind: RunKind) -> None:
 
     @kopf.on.event(GROUP, VERSION, resource.plural, id=f"{kind_name.lower()}_event", registry=registry)
     async def run_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        on_run_event(context_of(memo), kind, event)
+        context = context_of(memo)
+        on_run_event(context, kind, event)
+        _stamped_run_moved(context, cast(dict[str, Any], event["object"]))
 
     @kopf.on.event(
         GROUP, VERSION, waits_for.plural, id=f"{waits_for.kind_name().lower()}_moved", registry=registry
@@ -88,6 +92,28 @@ def _register_run(registry: kopf.OperatorRegistry, kind: RunKind) -> None:
     async def dependency_moved(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         context = context_of(memo)
         run_each(context, kind, str(namespace), context.store.dependents(kind_name, str(namespace), name))
+
+
+def _stamped_run_moved(context: Context, body: dict[str, Any]) -> None:
+    """A run a LabPipeline stamped changed (or went): its pipeline looks again."""
+    pipeline = (body["metadata"].get("annotations") or {}).get(kind_label("LabPipeline"))
+    if pipeline:
+        queue_pipeline(context, body["metadata"]["namespace"], pipeline)
+
+
+def _register_pipeline(registry: kopf.OperatorRegistry) -> None:
+    @kopf.on.event(GROUP, VERSION, LabPipeline.plural, registry=registry)
+    async def pipeline_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        context = context_of(memo)
+        body = cast(dict[str, Any], event["object"])
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if event["type"] == "DELETED":
+            context.forget(("LabPipeline", namespace, name))
+            context.store.drop_owner("LabPipeline", namespace, name)
+            metrics.RESOURCE_STATES.forget("LabPipeline", namespace, name)
+            return
+        context.store.put_owner(body)
+        queue_pipeline(context, namespace, name)
 
 
 def _register_taxonomy(registry: kopf.OperatorRegistry) -> None:
@@ -102,6 +128,8 @@ def _register_taxonomy(registry: kopf.OperatorRegistry) -> None:
             return
         context.store.put_owner(body)
         queue_sync(context, namespace, name)
+        for pipeline in context.store.dependents("LabPipeline", namespace, name):
+            queue_pipeline(context, namespace, pipeline)
 
 
 def _register_child_jobs(registry: kopf.OperatorRegistry) -> None:
@@ -132,6 +160,7 @@ def build_registry() -> kopf.OperatorRegistry:
     for kind in RUN_KINDS.values():
         _register_run(registry, kind)
     _register_taxonomy(registry)
+    _register_pipeline(registry)
     _register_child_jobs(registry)
     return registry
 

@@ -51,6 +51,7 @@ def operator() -> None:
         _option("scrape-interval", "Seconds between reads of running pods' metrics.", type=float),
         _option("resync-interval", "Seconds between full re-reconciliations.", type=float),
         _option("workers", "Reconciliation worker threads.", type=int),
+        _option("leaf-cache-max-bytes", "Size bound of the generator's leaf cache per claim.", type=int),
         click.Option(["--verbose", "-v"], is_flag=True, help="Debug logging."),
     ]
 )

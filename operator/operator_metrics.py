@@ -30,6 +30,9 @@ JOB_SECONDS = Histogram(
     ["kind", "outcome"],
     buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800),
 )
+PIPELINE_RUNS = Counter(
+    "labtune_labpipeline_runs_stamped", "Runs LabPipelines stamped for new revisions.", ["namespace"]
+)
 GPU_SECONDS = Counter("labtune_gpu_seconds", "GPU time of finished runs.", ["namespace", "kind"])
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from labtune import __version__
+from labtune.contract.generate import DEFAULT_LEAF_CACHE_BYTES
 
 
 class OperatorSettings(BaseModel):
@@ -41,3 +42,5 @@ class OperatorSettings(BaseModel):
     """Seconds between level-triggered re-reconciliations of every resource."""
     workers: Annotated[int, Field(ge=1, le=256)] = 16
     """Reconciliation worker threads (each runs one reconciliation at a time)."""
+    leaf_cache_max_bytes: Annotated[int, Field(ge=0)] = DEFAULT_LEAF_CACHE_BYTES
+    """Size bound of the SyntheticDataRun leaf cache on each artifact claim (`labtune-cache/leaves`)."""

@@ -270,8 +270,33 @@ class SchedulingSpec(ApiModel):
 # --- batch semantics --------------------------------------------------------------------------
 
 
+MANAGED_BY_LABTUNE = "labtune.io/operator"
+"""`spec.managedBy` of the runs this operator reconciles (also when unset)."""
+
+
 class BatchSpec(ApiModel):
     """Run-to-completion settings with the meaning they have on `batch/v1` Jobs."""
+
+    managed_by: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=63,
+                json_schema_extra=rules(
+                    cel(
+                        r"self.matches(r'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-a-zA-Z0-9._/]+$')",
+                        "must be a domain-prefixed path, e.g. kueue.x-k8s.io/multikueue",
+                    )
+                ),
+            ),
+        ]
+        | None
+    ) = None
+    """The controller that runs this resource, as on batch/v1 Jobs: unset or `labtune.io/operator`
+    is this operator; any other value (Kueue's MultiKueue sets `kueue.x-k8s.io/multikueue` on the
+    manager cluster's copy of a run it dispatches to a worker cluster) and this operator leaves the
+    resource alone: no Job, no status write. Immutable."""
 
     suspend: bool = False
     """Suspend the run: no pods run while true; running pods are stopped (a TuningJob saves a

@@ -154,9 +154,22 @@ def openapi_schema(kind: type[Resource]) -> dict[str, Any]:
             "status": status,
         },
     }
+    rules = [_immutable_rule(name) for name in sorted(kind.immutable)]
     if kind.mutable_after_start is not None:
-        schema[CEL_KEY] = [_immutability_rule(kind, spec)]
+        rules.append(_immutability_rule(kind, spec))
+    if rules:
+        schema[CEL_KEY] = rules
     return schema
+
+
+def _immutable_rule(name: str) -> dict[str, str]:
+    """A transition rule: the field keeps its value, and stays set or unset, from creation on."""
+    new, old = f"self.spec.{name}", f"oldSelf.spec.{name}"
+    return {
+        "rule": f"has({new}) == has({old}) && (!has({new}) || {new} == {old})",
+        "message": f"spec.{name} is immutable: it may be set only when the resource is created",
+        "reason": "FieldValueForbidden",
+    }
 
 
 def build_crd(kind: type[Resource]) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class Resource(ApiModel):
     printer_columns: ClassVar[tuple[PrinterColumn, ...]]
     # Spec fields that may change after status.startTime is set; None: the spec stays mutable.
     mutable_after_start: ClassVar[frozenset[str] | None] = None
+    # Spec fields that may never change, not even before the start (set or unset included).
+    immutable: ClassVar[frozenset[str]] = frozenset()
 
     api_version: str = API_VERSION
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -235,11 +235,20 @@ class EvaluationDataSpec(HoldOutSpec):
     """Have the teacher write multiple-choice questions about each knowledge leaf; unset: none."""
 
 
-class SyntheticDataRunSpec(BatchSpec):
-    """Desired state of a SyntheticDataRun. Immutable once the run has started, except `suspend`."""
+class CacheSpec(ApiModel):
+    """Reuse of earlier runs' leaves (the leaf cache on the output's artifact volume)."""
 
-    taxonomy_ref: TaxonomyReference
-    """The Taxonomy to generate from; the run waits until it is Ready."""
+    policy: Literal["Reuse", "Regenerate", "Disabled"] = "Reuse"
+    """`Reuse`: a leaf whose inputs (its content and documents, pipeline, teacher, scale, seed,
+    held-out seeds) match a cached one's takes its samples, the teacher writes only the others;
+    `Regenerate`: the teacher writes every leaf and the cache keeps the new samples (when the
+    teacher behind an unchanged name changed); `Disabled`: the cache is neither read nor written."""
+
+
+class SyntheticDataRunTemplateSpec(BatchSpec):
+    """A SyntheticDataRun's spec without its Taxonomy (a LabPipeline's template; the pipeline
+    names the Taxonomy and the revision)."""
+
     teacher: Teacher
     """The teacher model."""
     pipeline: PipelineSpec = Field(default_factory=PipelineSpec)
@@ -261,6 +270,15 @@ class SyntheticDataRunSpec(BatchSpec):
     naming the leaf (the other leaves stay checkpointed in the output, so a run with the same
     output resumes them); `SkipLeaf` writes the datasets from the other leaves and lists the
     failed ones in `status.failedLeaves`. A run where every leaf fails always fails."""
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    """Reuse of the leaves earlier runs generated from the same inputs."""
+
+
+class SyntheticDataRunSpec(SyntheticDataRunTemplateSpec):
+    """Desired state of a SyntheticDataRun. Immutable once the run has started, except `suspend`."""
+
+    taxonomy_ref: TaxonomyReference
+    """The Taxonomy to generate from; the run waits until it is Ready."""
 
 
 class LeafFailure(ApiModel):
@@ -323,6 +341,19 @@ class GenerationProgress(ApiModel):
     """Samples that passed every filter."""
 
 
+class GenerationCost(ApiModel):
+    """What a run asked of the teacher."""
+
+    leaves_generated: NonNegative = 0
+    """Leaves the teacher wrote samples for in this run."""
+    leaves_reused: NonNegative = 0
+    """Leaves whose samples came from the leaf cache (spec.cache)."""
+    prompt_tokens: NonNegative = 0
+    """Teacher prompt tokens spent."""
+    completion_tokens: NonNegative = 0
+    """Teacher completion tokens spent."""
+
+
 class SyntheticDataRunStatus(RunStatusBase):
     """Observed state of a SyntheticDataRun."""
 
@@ -336,6 +367,8 @@ class SyntheticDataRunStatus(RunStatusBase):
     """Leaves skipped under `leafFailurePolicy: SkipLeaf` (the first 20; all are in the report)."""
     failed_leaf_count: Annotated[int, Field(ge=0)] | None = None
     """How many leaves were skipped."""
+    cost: GenerationCost | None = None
+    """Leaves reused and generated, teacher tokens spent (once succeeded)."""
 
 
 class SyntheticDataRun(Resource):
@@ -345,11 +378,13 @@ class SyntheticDataRun(Resource):
     plural: ClassVar[str] = "syntheticdataruns"
     short_names: ClassVar[tuple[str, ...]] = ("sdr",)
     mutable_after_start: ClassVar[frozenset[str] | None] = frozenset({"suspend"})
+    immutable: ClassVar[frozenset[str]] = frozenset({"managedBy"})
     printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (
         PrinterColumn("State", "string", ".status.state"),
         PrinterColumn("Taxonomy", "string", ".spec.taxonomyRef.name"),
         PrinterColumn("Progress%", "integer", ".status.progress.percent"),
         PrinterColumn("Kept", "integer", ".status.progress.samplesKept"),
+        PrinterColumn("Reused", "integer", ".status.cost.leavesReused", priority=1),
         PrinterColumn("Revision", "string", ".status.taxonomyRevision", priority=1),
         PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', priority=1),
     )

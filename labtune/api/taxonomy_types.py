@@ -14,6 +14,7 @@ from labtune.api.base import (
     Duration,
     LocalObjectReference,
     SchedulingSpec,
+    Sha256,
     StatusBase,
     cel,
     exactly_one,
@@ -156,6 +157,9 @@ class TaxonomyStatus(StatusBase):
     """Number of warnings."""
     manifest: ArtifactURI | None = None
     """The full leaf manifest written by the last sync."""
+    leaves_digest: Sha256 | None = None
+    """sha256 over every leaf's path and qna.yaml digest at `revision`: a new revision with the same
+    digest changes no leaf (a LabPipeline stamps no run for it)."""
     last_sync_time: datetime | None = None
     """When the last sync finished."""
 

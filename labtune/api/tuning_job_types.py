@@ -303,39 +303,20 @@ class TrainingResources(SchedulingSpec):
     """Pods (nodes) to train across; more than one runs torchrun over an Indexed Job."""
 
 
-class TuningJobSpec(BatchSpec):
-    """Desired state of a TuningJob. Immutable once the job has started, except `suspend`."""
+_QLORA_NEEDS_GPUS = cel(
+    "self.method.type != 'qlora' || self.resources.gpusPerNode > 0",
+    "method qlora needs CUDA GPUs: set resources.gpusPerNode to 1 or more",
+)
 
-    model_config = model_rules(
-        cel(
-            "self.method.type != 'qlora' || self.resources.gpusPerNode > 0",
-            "method qlora needs CUDA GPUs: set resources.gpusPerNode to 1 or more",
-        ),
-        cel(
-            "has(self.data.syntheticDataRunRef) || self.phases.all(p, "
-            "(p.dataset == 'knowledge' && has(self.data.knowledge)) "
-            "|| (p.dataset == 'skills' && has(self.data.skills)))",
-            "every phase's dataset must be given: set data.knowledge / data.skills for the "
-            "datasets the phases use",
-        ),
-        cel(
-            "has(self.data.syntheticDataRunRef) || !has(self.evaluation.benchmarks) "
-            "|| self.evaluation.benchmarks.all(b, has(b.dataset))",
-            "a benchmark without a dataset uses the SyntheticDataRun's evaluation dataset of its type: "
-            "set its dataset, or data.syntheticDataRunRef",
-        ),
-        cel(
-            "has(self.data.syntheticDataRunRef) || has(self.evaluation.benchmarks) "
-            "|| !(has(self.evaluation.gate) || has(self.evaluation.selectBy))",
-            "evaluation.gate and evaluation.selectBy need benchmarks: list them in "
-            "evaluation.benchmarks, or use data.syntheticDataRunRef for the default ones",
-        ),
-    )
+
+class TuningJobTemplateSpec(BatchSpec):
+    """A TuningJob's spec without its data (a LabPipeline's template: the pipeline's
+    SyntheticDataRun of the same revision is the data)."""
+
+    model_config = model_rules(_QLORA_NEEDS_GPUS)
 
     base_model: BaseModelSpec
     """The model to tune."""
-    data: DataSpec
-    """Training data."""
     method: MethodSpec = Field(default_factory=MethodSpec)
     """LoRA, QLoRA or full fine-tune."""
     phases: Annotated[
@@ -358,6 +339,36 @@ class TuningJobSpec(BatchSpec):
     """Where the adapter (and merged model) go."""
     resources: TrainingResources = Field(default_factory=TrainingResources)
     """GPUs, nodes and placement."""
+
+
+class TuningJobSpec(TuningJobTemplateSpec):
+    """Desired state of a TuningJob. Immutable once the job has started, except `suspend`."""
+
+    model_config = model_rules(
+        _QLORA_NEEDS_GPUS,
+        cel(
+            "has(self.data.syntheticDataRunRef) || self.phases.all(p, "
+            "(p.dataset == 'knowledge' && has(self.data.knowledge)) "
+            "|| (p.dataset == 'skills' && has(self.data.skills)))",
+            "every phase's dataset must be given: set data.knowledge / data.skills for the "
+            "datasets the phases use",
+        ),
+        cel(
+            "has(self.data.syntheticDataRunRef) || !has(self.evaluation.benchmarks) "
+            "|| self.evaluation.benchmarks.all(b, has(b.dataset))",
+            "a benchmark without a dataset uses the SyntheticDataRun's evaluation dataset of its type: "
+            "set its dataset, or data.syntheticDataRunRef",
+        ),
+        cel(
+            "has(self.data.syntheticDataRunRef) || has(self.evaluation.benchmarks) "
+            "|| !(has(self.evaluation.gate) || has(self.evaluation.selectBy))",
+            "evaluation.gate and evaluation.selectBy need benchmarks: list them in "
+            "evaluation.benchmarks, or use data.syntheticDataRunRef for the default ones",
+        ),
+    )
+
+    data: DataSpec
+    """Training data."""
 
 
 class TrainingProgress(ApiModel):
@@ -548,6 +559,7 @@ class TuningJob(Resource):
     plural: ClassVar[str] = "tuningjobs"
     short_names: ClassVar[tuple[str, ...]] = ("tj",)
     mutable_after_start: ClassVar[frozenset[str] | None] = frozenset({"suspend"})
+    immutable: ClassVar[frozenset[str]] = frozenset({"managedBy"})
     printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (
         PrinterColumn("State", "string", ".status.state"),
         PrinterColumn("Method", "string", ".spec.method.type"),

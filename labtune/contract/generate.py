@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from labtune.api.synthetic_data_run_types import (
     DEFAULT_MAX_REPLY_BYTES,
+    GenerationCost,
     GenerationOutputs,
     HoldOutSpec,
     LeafFailure,
@@ -50,6 +51,9 @@ class TeacherConfig(ContractModel):
     """Largest reply body read from the teacher; a larger one is dropped and counted (openai)."""
     batch_size: Annotated[int, Field(ge=1)] = 8
     """Prompts per generate call (transformers)."""
+    identity: str | None = None
+    """What names the teacher's outputs in the leaf cache key when `model` does not (the vLLM
+    sidecar serves every model under one name: the operator sets the model's URI)."""
     tokenizer: str | None = None
     """Tokenizer for chunking documents (a Hugging Face folder or a .gguf, path or artifact URI);
     the transformers teacher's own when unset, else about four characters per token."""
@@ -104,6 +108,22 @@ class MultipleChoiceConfig(ContractModel):
     """A pipeline whose knowledge flow ends in `choice:`."""
 
 
+DEFAULT_LEAF_CACHE_BYTES = 50 * 2**30
+
+
+class LeafCacheConfig(ContractModel):
+    """The leaf cache shared by the runs on an artifact volume (SyntheticDataRun `cache`): a leaf
+    whose inputs match a cached one's reuses its samples instead of asking the teacher."""
+
+    uri: str
+    """Artifact URI of the cache folder."""
+    reuse: bool = True
+    """False (policy Regenerate): ask the teacher for every leaf and replace the cached entries."""
+    max_bytes: Annotated[int, Field(ge=0)] = DEFAULT_LEAF_CACHE_BYTES
+    """Size bound: after the run, the least recently used entries it did not use are evicted
+    until the cache fits."""
+
+
 class GenerateConfig(PodConfig):
     """What the generator pod does."""
 
@@ -126,6 +146,8 @@ class GenerateConfig(PodConfig):
     """Artifact URI of the output folder (datasets, per-leaf checkpoints, the full report)."""
     leaf_failure_policy: Literal["FailRun", "SkipLeaf"] = "FailRun"
     """A leaf that yields no sample fails the run, or is skipped and listed (never every leaf)."""
+    cache: LeafCacheConfig | None = None
+    """The leaf cache; every leaf asks the teacher when unset."""
 
     @model_validator(mode="after")
     def _one_hold_out_setting(self) -> GenerateConfig:
@@ -164,3 +186,5 @@ class GenerateSummary(ContractModel):
     failed_leaves: list[LeafFailure] = Field(default_factory=list)
     """Leaves skipped under leafFailurePolicy SkipLeaf, as many as fit (all are in the report)."""
     failed_leaf_count: int = 0
+    cost: GenerationCost = Field(default_factory=GenerationCost)
+    """Leaves reused from the cache or generated, and the teacher tokens this run spent."""

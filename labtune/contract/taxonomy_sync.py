@@ -52,6 +52,9 @@ class TaxonomySyncSummary(ContractModel):
     warnings: list[ValidationIssue] = Field(default_factory=list)
     warning_count: int = 0
     manifest: str
+    leaves_digest: str | None = None
+    """sha256 over every leaf's path and qna.yaml digest: the same for two revisions with the same
+    leaves (a qna.yaml pins its documents by commit)."""
 
 
 class ManifestLeaf(ContractModel):

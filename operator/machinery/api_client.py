@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from labtune.api import GROUP, VERSION
+from labtune.api import GROUP, KINDS, VERSION
 from labtune.api.resource import Resource
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -58,7 +58,12 @@ def _labels(selector: Mapping[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in selector.items())
 
 
+LABTUNE_KINDS = {kind.kind_name(): kind for kind in KINDS}
+
+
 def _path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    if kind in LABTUNE_KINDS:  # a LabPipeline's runs
+        return _custom_path(LABTUNE_KINDS[kind], namespace, name)
     prefix, plural = BUILTIN[kind]
     where = f"/namespaces/{namespace}" if namespace else ""
     return f"{prefix}{where}/{plural}" + (f"/{name}" if name else "")
@@ -120,6 +125,21 @@ class Kube:
     ) -> tuple[list[dict[str, Any]], str]:
         """Every resource of a kind in the namespaces (all when empty), and the list's resourceVersion."""
         return _items([self._list(_custom_path(kind, ns)) for ns in namespaces or (None,)])
+
+    def list_resources_in(
+        self, kind: type[Resource], namespace: str, selector: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """The resources of a kind in one namespace that carry these labels."""
+        items: list[dict[str, Any]] = self._list(_custom_path(kind, namespace), selector)["items"]
+        return items
+
+    def delete_resource(self, kind: type[Resource], namespace: str, name: str) -> None:
+        """Deletes the resource (its children go by garbage collection); gone already is fine."""
+        try:
+            self.request("DELETE", _custom_path(kind, namespace, name), {"propagationPolicy": "Background"})
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     def patch_status(
         self,

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from labtune.api.base import RunStatusBase, StatusBase
+from labtune.api.base import MANAGED_BY_LABTUNE, RunStatusBase, StatusBase
 from labtune.api.resource import Resource
 from labtune.contract.common import validation_problems
 from labtune.operator import conditions as cond
@@ -226,10 +226,20 @@ def reconcile_run(
     """Brings one run's children and status in line with what exists; returns the transition
     when the state changed. `fresh`: the body was just read from the API (not from a watch)."""
     meta, spec = body["metadata"], body["spec"]
+    if spec.get("managedBy", MANAGED_BY_LABTUNE) != MANAGED_BY_LABTUNE:
+        return None  # another controller runs it (MultiKueue's manager copy): not a status write
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
     old = kind.status_model.model_validate(body.get("status") or {})
     if old.completion_time:
-        return None  # finished runs are final; their children may already be gone (TTL)
+        # Finished runs are final (their children may already be gone: TTL), but a spec change since
+        # (suspend, or any field of a run that failed before it started) is acknowledged: kstatus and
+        # GitOps tools take a generation the status has not observed for a run still in progress.
+        if old.observed_generation != generation:
+            seen = status_patch(kind.status_model(observed_generation=generation))
+            store.put_owner(
+                kube.patch_status(kind.resource, namespace, name, seen, meta.get("resourceVersion"))
+            )
+        return None
 
     status = kind.status_model(observed_generation=generation)
     view = _find_job(kube, store, namespace, old.job_name) if old.job_name else None

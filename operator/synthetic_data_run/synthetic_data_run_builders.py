@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
-from labtune.api.synthetic_data_run_types import HoldOutSpec, TeacherModel
+from labtune.api.synthetic_data_run_types import CacheSpec, HoldOutSpec, TeacherModel
 from labtune.contract import resolve_artifact
 from labtune.contract.generate import (
     GenerateConfig,
+    LeafCacheConfig,
     MultipleChoiceConfig,
     PipelineRef,
     TeacherConfig,
@@ -25,6 +26,7 @@ from labtune.operator.children.pod_template import (
     GPU_RESOURCE,
     FileMount,
     PodRequest,
+    artifact_claims,
     artifact_mounts,
     build_pod_template,
 )
@@ -38,6 +40,7 @@ CHOICE_PIPELINE_DIR = "/etc/labtune/multiple-choice-pipeline"
 API_KEY_ENV = "LABTUNE_TEACHER_API_KEY"
 VLLM_PORT = 8000
 VLLM_MODEL_NAME = "teacher"
+LEAF_CACHE_FOLDER = "labtune-cache/leaves"
 
 
 def build_vllm_sidecar(teacher: TeacherModel, settings: OperatorSettings) -> dict[str, Any]:
@@ -95,6 +98,7 @@ def build_generate_config(
     else:
         teacher_config = TeacherConfig(
             model=VLLM_MODEL_NAME,
+            identity=teacher.model.uri if teacher.model else None,
             url=f"http://127.0.0.1:{VLLM_PORT}/v1",
             api_key_env=None,
             max_concurrency=spec.scale.max_concurrency,
@@ -133,6 +137,19 @@ def build_generate_config(
         multiple_choice=multiple_choice,
         output=output,
         leaf_failure_policy=spec.leaf_failure_policy,
+        cache=leaf_cache(spec.cache, output, settings),
+    )
+
+
+def leaf_cache(spec: CacheSpec, output: str, settings: OperatorSettings) -> LeafCacheConfig | None:
+    """The leaf cache on the output's claim, shared by every run writing there."""
+    claims = artifact_claims([output])
+    if spec.policy == "Disabled" or not claims:
+        return None
+    return LeafCacheConfig(
+        uri=f"pvc://{claims[0]}/{LEAF_CACHE_FOLDER}",
+        reuse=spec.policy == "Reuse",
+        max_bytes=settings.leaf_cache_max_bytes,
     )
 
 

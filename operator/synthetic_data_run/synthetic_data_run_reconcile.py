@@ -74,15 +74,19 @@ class SyntheticDataRunKind:
                 samples_generated=parsed.samples_generated,
                 samples_kept=parsed.samples_kept,
             ),
+            cost=parsed.cost,
         )
+        cost = parsed.cost
+        reused = f"; {cost.leaves_reused} of {parsed.leaves_total} leaves reused from the leaf cache"
+        note = reused if cost.leaves_reused else ""
         if not parsed.failed_leaf_count:
-            return Finished(status)
+            return Finished(status, note=note)
         status.failed_leaves = parsed.failed_leaves
         status.failed_leaf_count = parsed.failed_leaf_count
         first = parsed.failed_leaves[0] if parsed.failed_leaves else None
         detail = f"; first: {first.reason}" if first else ""
         count = parsed.failed_leaf_count
-        note = f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
+        note += f"; {count} leaf(s) produced nothing and were skipped (status.failedLeaves){detail}"
         return Finished(status, note=note)
 
     def gpus(self, spec: Mapping[str, Any]) -> int:

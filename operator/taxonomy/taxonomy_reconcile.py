@@ -74,6 +74,7 @@ def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
         warnings=summary.warnings[:50],
         warning_count=summary.warning_count,
         manifest=summary.manifest,
+        leaves_digest=summary.leaves_digest,
         last_sync_time=view.completion_time,
     )
     counts = f"{summary.leaf_counts.total} leaves, {summary.changed_leaf_count} changed"

@@ -96,6 +96,27 @@ def test_operator_runs_in_the_cluster_from_its_image(
     assert pod.spec.security_context.run_as_user == 65532
 
 
+def _finished(
+    custom: client.CustomObjectsApi, namespace: str, plural: str, name: str, timeout: float
+) -> dict[str, Any]:
+    """The resource's status once Succeeded (a Taxonomy: Ready); fails the test when it fails."""
+
+    def probe() -> dict[str, Any] | None:
+        status: dict[str, Any] = (
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name).get("status") or {}
+        )
+        done = condition(status, "Succeeded" if plural != "taxonomies" else "Ready")
+        if (
+            condition(status, "Stalled").get("status") == "True"
+            or condition(status, "Failed").get("status") == "True"
+        ):
+            pytest.fail(f"{plural}/{name} failed: {status.get('conditions')}")
+        return status if done.get("status") == "True" else None
+
+    found: dict[str, Any] = eventually(probe, timeout=timeout, what=f"{plural}/{name} to succeed")
+    return found
+
+
 def test_taxonomy_to_tuned_adapter(
     api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState], node: Node
 ) -> None:
@@ -105,20 +126,7 @@ def test_taxonomy_to_tuned_adapter(
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[body["kind"]], body)
 
     def finished(plural: str, timeout: float) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            status: dict[str, Any] = (
-                custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, "demo").get("status")
-                or {}
-            )
-            done = condition(status, "Succeeded" if plural != "taxonomies" else "Ready")
-            if (
-                condition(status, "Stalled").get("status") == "True"
-                or condition(status, "Failed").get("status") == "True"
-            ):
-                pytest.fail(f"{plural}/demo failed: {status.get('conditions')}")
-            return status if done.get("status") == "True" else None
-
-        return eventually(probe, timeout=timeout, what=f"{plural}/demo to succeed")
+        return _finished(custom, namespace, plural, "demo", timeout)
 
     taxonomy = finished("taxonomies", 300)
     assert taxonomy["revision"] == state.taxonomy_commit
@@ -127,6 +135,8 @@ def test_taxonomy_to_tuned_adapter(
 
     run = finished("syntheticdataruns", 900)
     assert run["taxonomyRevision"] == state.taxonomy_commit
+    assert (run["cost"]["leavesGenerated"], run["cost"]["leavesReused"]) == (3, 0)
+    assert run["cost"]["promptTokens"] > 0
     for name in ("knowledge", "skills"):
         output = run["outputs"][name]
         path = state.claim_dir / output["uri"].removeprefix("pvc://labtune-artifacts/")
@@ -190,6 +200,31 @@ def test_taxonomy_to_tuned_adapter(
         terminated = pod.status.container_statuses[0].state.terminated
         assert terminated.exit_code == 0
         assert json.loads(terminated.message)  # the summary the operator read
+
+
+def test_a_second_run_of_the_revision_reuses_every_leaf_from_the_cache(
+    api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
+) -> None:
+    """After test_taxonomy_to_tuned_adapter: the same spec into another output takes every leaf from
+    the leaf cache the first run left on the claim, asks the teacher nothing and writes the same
+    datasets."""
+    _, state = demo
+    custom = client.CustomObjectsApi(api_client)
+    first = _finished(custom, namespace, "syntheticdataruns", "demo", 60)
+    (body,) = [b for b in _manifests(state) if b["kind"] == "SyntheticDataRun"]
+    body["metadata"]["name"] = "demo-again"
+    body["spec"]["output"] = "pvc://labtune-artifacts/datasets-again"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", body)
+    again = _finished(custom, namespace, "syntheticdataruns", "demo-again", 600)
+    nothing_asked = {"leavesGenerated": 0, "leavesReused": 3, "promptTokens": 0, "completionTokens": 0}
+    assert again["cost"] == nothing_asked
+    for name in ("knowledge", "skills", "evaluation"):
+        assert again["outputs"][name]["sha256"] == first["outputs"][name]["sha256"], name
+    assert (state.claim_dir / "labtune-cache/leaves").is_dir()
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=demo-again"
+    )
+    assert any("3 of 3 leaves reused from the leaf cache" in (e.message or "") for e in events.items)
 
 
 def _tuning_job(name: str, knowledge_epochs: int) -> dict[str, Any]:

@@ -18,9 +18,11 @@ from charttest import CHART, MONITORING, ROOT, helm_template, only
 from kubernetes import client
 
 from labtune.operator.operator_cli import operator as operator_cli
+from labtune_dev import argocd_health
 from labtune_dev.tools import MONITORING_CRDS, Tools
 
 NAMESPACED = ("--set", "watchNamespaces={team-a,team-b}")
+ARGOCD = ("--set", "argocd.healthConfigMap.enabled=true")
 
 
 def _container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -36,7 +38,9 @@ def _run_options(args: list[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "options", [(), MONITORING, (*MONITORING, *NAMESPACED)], ids=["default", "monitoring", "namespaced"]
+    "options",
+    [(), MONITORING, (*MONITORING, *NAMESPACED), ARGOCD],
+    ids=["default", "monitoring", "namespaced", "argocd"],
 )
 def test_helm_lint(tools: Tools, options: tuple[str, ...]) -> None:
     result = subprocess.run(
@@ -106,6 +110,16 @@ def test_other_values_render_roles_per_namespace_and_monitoring(tools: Tools) ->
     assert json.loads(dashboard["data"]["labtune.json"]) == json.loads((files / "dashboard.json").read_text())
 
 
+def test_argocd_health_config_map_carries_the_scripts_as_they_are(tools: Tools) -> None:
+    config_map = only(helm_template(tools.helm, *ARGOCD, release="ml", namespace="ops"), "ConfigMap")
+    assert (config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == (
+        "ml-labtune-argocd-health",
+        "ops",
+    )
+    scripts = argocd_health.scripts()
+    assert config_map["data"] == {argocd_health.config_key(kind): text for kind, text in scripts.items()}
+
+
 def _rules(path: str, kind: str) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = only(list(yaml.safe_load_all((ROOT / path).read_text())), kind)["rules"]
     return rules
@@ -152,7 +166,7 @@ def test_manifests_apply_to_the_api_server(
     # The restricted Pod Security Standard, enforced by the API server's PodSecurity admission.
     restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
     core.patch_namespace(namespace, {"metadata": {"labels": restricted}})
-    options = [*MONITORING, "--include-crds"]
+    options = [*MONITORING, *ARGOCD, "--include-crds"]
     if namespaced:
         options += ["--set", f"watchNamespaces={{{namespace}}}"]
     # A release per test namespace: the cluster-scoped objects' names must not collide.

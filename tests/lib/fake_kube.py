@@ -75,6 +75,15 @@ class FakeKube:
         self.writes.append(("create", body["kind"]))
         return self.put(body), True
 
+    def list_resources_in(
+        self, kind: type[Resource], namespace: str, selector: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        return self._list(kind.kind_name(), namespace, selector)
+
+    def delete_resource(self, kind: type[Resource], namespace: str, name: str) -> None:
+        self.writes.append(("delete", kind.kind_name()))
+        self.objects.pop((kind.kind_name(), namespace, name), None)
+
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get("Job", namespace, name)
 

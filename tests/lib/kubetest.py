@@ -174,6 +174,7 @@ class Cluster:
             "TuningJob": "tuningjobs",
             "SyntheticDataRun": "syntheticdataruns",
             "Taxonomy": "taxonomies",
+            "LabPipeline": "labpipelines",
         }
         self.custom.create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, plural[body["kind"]], body

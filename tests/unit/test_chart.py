@@ -1,5 +1,6 @@
-"""The chart's alert rules and dashboard use only metrics that labtune serves (no helm needed: both
-are plain files under charts/labtune/files/ that the templates embed as they are)."""
+"""The chart's alert rules and dashboard use only metrics that labtune serves, and its Argo CD snippet
+carries its health scripts as they are (no helm needed: all are plain files under
+charts/labtune/files/ that the templates embed as they are)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 import yaml
 from prometheus_client.registry import CollectorRegistry
 
+from labtune.api import KINDS
 from labtune.contract import metric_names as contract
 from labtune.operator import operator_metrics
+from labtune_dev import argocd_health
 
 FILES = Path(__file__).resolve().parents[2] / "charts/labtune/files"
 _METRIC = re.compile(r"\blabtune_[a-z0-9_]+\b")
@@ -94,3 +97,14 @@ def test_dashboard_queries_use_the_datasource_variable() -> None:
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert panels
     assert all(p["datasource"]["uid"] == "${datasource}" for p in panels)
+
+
+def test_the_argocd_snippet_carries_the_health_scripts_as_they_are() -> None:
+    snippet = argocd_health.SNIPPET
+    # Rewrite it with: python -c 'from labtune_dev.argocd_health import write_snippet; write_snippet()'
+    assert snippet.read_text() == argocd_health.render_snippet(), f"{snippet} drifted from the .lua files"
+    patch = yaml.safe_load(snippet.read_text())
+    assert (patch["kind"], patch["metadata"]["name"]) == ("ConfigMap", "argocd-cm")
+    scripts = argocd_health.scripts()
+    assert patch["data"] == {argocd_health.config_key(kind): text for kind, text in scripts.items()}
+    assert sorted(scripts) == sorted(kind.kind_name() for kind in KINDS)  # one per kind

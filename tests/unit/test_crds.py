@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from labtune.api import KINDS, SyntheticDataRun, Taxonomy, TuningJob
+from labtune.api import KINDS, LabPipeline, SyntheticDataRun, Taxonomy, TuningJob
 from labtune.api.crd import CrdDrift, build_crd, check, openapi_schema, write
 from labtune.cli import CRD_FOLDERS
 
@@ -50,6 +50,7 @@ def test_generate_removes_stale_files(tmp_path: Path) -> None:
     (tmp_path / "old.labtune.io.yaml").write_text("{}")
     write(KINDS, [tmp_path])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labpipelines.labtune.io.yaml",
         "syntheticdataruns.labtune.io.yaml",
         "taxonomies.labtune.io.yaml",
         "tuningjobs.labtune.io.yaml",
@@ -92,11 +93,17 @@ def test_at_least_ten_cel_rules() -> None:
 
 def test_immutability_rule_spares_only_suspend() -> None:
     for kind in (SyntheticDataRun, TuningJob):
-        rule = openapi_schema(kind)["x-kubernetes-validations"][0]["rule"]
+        managed_by, started = openapi_schema(kind)["x-kubernetes-validations"]
+        assert (
+            managed_by["message"]
+            == "spec.managedBy is immutable: it may be set only when the resource is created"
+        )
+        rule = started["rule"]
         assert "oldSelf.spec.suspend" not in rule
         assert "self.spec.phases" in rule or kind is SyntheticDataRun
         assert "oldSelf.status.startTime" in rule
     assert "x-kubernetes-validations" not in openapi_schema(Taxonomy)
+    assert "x-kubernetes-validations" not in openapi_schema(LabPipeline)  # templates change freely
 
 
 def test_object_defaults_are_empty_so_the_server_fills_nested_ones() -> None:

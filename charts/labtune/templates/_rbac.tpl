@@ -8,10 +8,14 @@ job pods only.
 */}}
 {{- define "labtune.rbac.namespaced" -}}
 - apiGroups: [labtune.io]
-  resources: [taxonomies, syntheticdataruns, tuningjobs]
+  resources: [taxonomies, syntheticdataruns, tuningjobs, labpipelines]
   verbs: [get, list, watch, patch]
+# A LabPipeline stamps a SyntheticDataRun and a TuningJob per revision and deletes old ones.
 - apiGroups: [labtune.io]
-  resources: [taxonomies/status, syntheticdataruns/status, tuningjobs/status]
+  resources: [syntheticdataruns, tuningjobs]
+  verbs: [create, delete]
+- apiGroups: [labtune.io]
+  resources: [taxonomies/status, syntheticdataruns/status, tuningjobs/status, labpipelines/status]
   verbs: [get, patch]
 - apiGroups: [batch]
   resources: [jobs]

@@ -100,6 +100,39 @@ def test_sync_command(sample_taxonomy: SampleTaxonomy, tmp_path: Path) -> None:
     assert (tmp_path / "manifest.json").is_file()
 
 
+def test_the_leaves_digest_changes_with_a_leaf_only(
+    sample_taxonomy: SampleTaxonomy, tmp_path: Path, git: type[Git]
+) -> None:
+    """What a LabPipeline runs on: a commit that changes no qna.yaml keeps the digest."""
+    config = tmp_path / "sync.yaml"
+
+    def digest() -> str:
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "kind": "TaxonomySync",
+                    "git": {"url": str(sample_taxonomy.root), "branch": "main"},
+                    "manifest": str(tmp_path / "manifest.json"),
+                    "terminationLog": str(tmp_path / "termination-log"),
+                }
+            )
+        )
+        result = CliRunner().invoke(main, ["taxonomy", "sync", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        found: str = json.loads((tmp_path / "termination-log").read_text())["leavesDigest"]
+        return found
+
+    first = digest()
+    assert len(first) == 64
+    (sample_taxonomy.root / "README.md").write_text("how to contribute\n")
+    git.commit_all(sample_taxonomy.root, "docs")
+    assert digest() == first
+    leaf = sample_taxonomy.root / SKILL
+    leaf.write_text(leaf.read_text().replace("the sea.", "the harbour."))
+    git.commit_all(sample_taxonomy.root, "a leaf")
+    assert digest() != first
+
+
 def test_sync_bad_config_and_unreachable_repository(tmp_path: Path) -> None:
     config = tmp_path / "sync.yaml"
     config.write_text("git: {url: x}\nmanifest: m.json\nsurprise: 1\n")

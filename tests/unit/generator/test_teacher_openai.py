@@ -15,7 +15,7 @@ from openai_server import serve as _serve
 from labtune.contract import ConfigError
 from labtune.contract.generate import TeacherConfig
 from labtune.generator.generator_metrics import GeneratorMetrics
-from labtune.generator.teacher import CompletionRequest, TeacherError
+from labtune.generator.teacher import Completion, CompletionRequest, TeacherError
 from labtune.generator.teacher_openai import OpenAITeacher
 
 if TYPE_CHECKING:
@@ -35,17 +35,23 @@ def _requests(*prompts: str) -> list[CompletionRequest]:
     ]
 
 
-def _complete(
+def _completions(
     config: TeacherConfig, requests: list[CompletionRequest], metrics: GeneratorMetrics | None = None
-) -> list[str | None]:
-    async def run() -> list[str | None]:
+) -> list[Completion]:
+    async def run() -> list[Completion]:
         teacher = OpenAITeacher(config, metrics or GeneratorMetrics())
         try:
-            return [c.text for c in await teacher.complete(requests)]
+            return await teacher.complete(requests)
         finally:
             await teacher.aclose()
 
     return asyncio.run(run())
+
+
+def _complete(
+    config: TeacherConfig, requests: list[CompletionRequest], metrics: GeneratorMetrics | None = None
+) -> list[str | None]:
+    return [c.text for c in _completions(config, requests, metrics)]
 
 
 def test_chat_with_bounded_concurrency(server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +61,9 @@ def test_chat_with_bounded_concurrency(server: tuple[str, Script], monkeypatch: 
     config = TeacherConfig(model="m", url=url, max_concurrency=3, api_key_env="TEACHER_KEY")
     metrics = GeneratorMetrics()
     prompts = [f"p{i}" for i in range(12)]
-    assert _complete(config, _requests(*prompts), metrics) == [f"re: {p}" for p in prompts]
+    completions = _completions(config, _requests(*prompts), metrics)
+    assert [c.text for c in completions] == [f"re: {p}" for p in prompts]
+    assert {(c.prompt_tokens, c.completion_tokens) for c in completions} == {(3, 2)}  # the usage
     assert script.max_in_flight == 3
     path, body, auth = script.calls[0]
     assert path == "/v1/chat/completions"
@@ -64,10 +72,6 @@ def test_chat_with_bounded_concurrency(server: tuple[str, Script], monkeypatch: 
     assert auth == "Bearer from-env"
     assert (
         metrics.registry.get_sample_value("labtune_generator_teacher_requests_total", {"outcome": "ok"}) == 12
-    )
-    assert (
-        metrics.registry.get_sample_value("labtune_generator_teacher_tokens_total", {"direction": "out"})
-        == 24
     )
     assert metrics.registry.get_sample_value("labtune_generator_teacher_request_seconds_count") == 12
 

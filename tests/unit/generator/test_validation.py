@@ -164,7 +164,7 @@ def test_path_filters() -> None:
 def test_the_sync_summary_counts_and_lists_the_warnings(tree: Path) -> None:
     """What the Taxonomy's status shows: a misnamed qna.yml is a warning with its path, not a silence."""
     _write(tree, "compositional_skills/writing/misnamed/qna.yml", (tree / SKILL).read_text())
-    summary = summarize("a" * 40, scan(tree), "pvc://artifacts/manifest.json")
+    summary = summarize("a" * 40, scan(tree), "pvc://artifacts/manifest.json", "d" * 64)
     assert summary.warning_count == len(summary.warnings) == 1
     (warning,) = summary.warnings
     assert warning.path == "compositional_skills/writing/misnamed/qna.yml"

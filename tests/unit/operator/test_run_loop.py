@@ -240,3 +240,33 @@ def test_a_failed_job_fails_the_run_with_its_reason(kube: FakeKube, store: Store
     assert status["restarts"] == 3
     assert {c["type"]: c["status"] for c in status["conditions"]}["Stalled"] == "True"
     assert status["completionTime"] == "2026-12-03T00:00:00Z"
+
+
+def test_a_spec_change_after_the_end_is_observed_and_nothing_else(kube: FakeKube, store: Store) -> None:
+    """kstatus and Argo CD wait for observedGeneration: a finished run acknowledges a later spec
+    change (suspend) without touching its outcome or children."""
+    done = {"state": "Succeeded", "completionTime": "2026-12-03T00:01:00Z", "observedGeneration": 1}
+    body = kube.put({**tuning_job(), "status": done})
+    kube.put(
+        {**body, "metadata": {**body["metadata"], "generation": 2}, "spec": {**body["spec"], "suspend": True}}
+    )
+    assert reconcile(kube, store, fresh=True) is None
+    status = (kube.get("TuningJob", "ns", "train") or {})["status"]
+    assert (status["observedGeneration"], status["state"]) == (2, "Succeeded")
+    assert [w for w in kube.writes if w[0] == "create"] == []
+    writes = len(kube.writes)
+    store.put_owner(kube.get("TuningJob", "ns", "train") or {})
+    assert reconcile(kube, store) is None
+    assert len(kube.writes) == writes
+
+
+def test_a_run_managed_by_another_controller_is_left_alone(kube: FakeKube, store: Store) -> None:
+    body = tuning_job()
+    body["spec"]["managedBy"] = "kueue.x-k8s.io/multikueue"
+    kube.put(body)
+    assert reconcile(kube, store) is None
+    assert kube.writes == []
+    body["spec"]["managedBy"] = "labtune.io/operator"
+    store.put_owner(kube.put(body))
+    reconcile(kube, store)
+    assert [w for w in kube.writes if w[0] == "create"] == [("create", "ConfigMap"), ("create", "Job")]

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
-from labtune.api.synthetic_data_run_types import DatasetOutput, GenerationOutputs
+from labtune.api.synthetic_data_run_types import DatasetOutput, GenerationCost, GenerationOutputs
 from labtune.contract import write_summary
-from labtune.contract.generate import GenerateSummary
+from labtune.contract.generate import GenerateSummary, LeafCacheConfig
 from labtune.operator.runs.run_reconcile import status_patch
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     CHOICE_PIPELINE_DIR,
+    LEAF_CACHE_FOLDER,
     build_generate_config,
     build_generator_children,
 )
@@ -119,3 +120,35 @@ def test_the_multiple_choice_dataset_is_recorded_in_status(tmp_path: Path) -> No
         SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log")).status
     )
     assert status["outputs"]["evaluationChoices"]["samples"] == 7
+
+
+def test_the_leaf_cache_is_on_the_output_claim_with_the_policy_and_bound() -> None:
+    settings = OperatorSettings(leaf_cache_max_bytes=123)
+    run = _run()
+    cache = build_generate_config(run, TAXONOMY, "a" * 40, "pvc://models/out/r", settings).cache
+    assert cache == LeafCacheConfig(uri=f"pvc://models/{LEAF_CACHE_FOLDER}", reuse=True, max_bytes=123)
+    assert _config(_run(cache={"policy": "Regenerate"})).cache.reuse is False
+    assert _config(_run(cache={"policy": "Disabled"})).cache is None
+    # The vLLM sidecar serves every model as "teacher": the model's URI tells cached leaves apart.
+    sidecar = _config(_run(teacher={"model": {"uri": "pvc://models/teacher-7b", "gpus": 1}}))
+    assert (sidecar.teacher.model, sidecar.teacher.identity) == ("teacher", "pvc://models/teacher-7b")
+
+
+def test_the_run_cost_is_recorded_and_reuse_is_told_in_the_event(tmp_path: Path) -> None:
+    cost = GenerationCost(leaves_generated=1, leaves_reused=9, prompt_tokens=500, completion_tokens=80)
+    summary = GenerateSummary(
+        taxonomy_commit="a" * 40,
+        teacher_model="m",
+        outputs=GenerationOutputs(knowledge=_dataset("knowledge", 10, "a")),
+        leaves_done=10,
+        leaves_total=10,
+        cost=cost,
+    )
+    finished = SyntheticDataRunKind().finished(write_summary(summary, tmp_path / "termination-log"))
+    assert status_patch(finished.status)["cost"] == {
+        "leavesGenerated": 1,
+        "leavesReused": 9,
+        "promptTokens": 500,
+        "completionTokens": 80,
+    }
+    assert finished.note == "; 9 of 10 leaves reused from the leaf cache"
