@@ -73,7 +73,7 @@ def run_conditions(
     each True only in its state, plus kstatus Reconciling/Stalled."""
     holds = {
         "Ready": outcome.state == "Succeeded",
-        "Waiting": outcome.state == "Waiting",
+        "Waiting": outcome.state in ("Waiting", "Queued"),  # Queued: for Kueue to admit its Job
         "Running": outcome.state == "Running",
         "Suspended": outcome.suspended,
         "Succeeded": outcome.state == "Succeeded",

@@ -21,7 +21,9 @@ from nodetest import NODE
 
 from labtune_dev.binaries import ensure_binaries
 from labtune_dev.controlplane import ControlPlane
+from labtune_dev.health_check import ensure_health_tool
 from labtune_dev.images import IMAGES, build_image
+from labtune_dev.kueue import ensure_kueue
 from labtune_dev.node import Node, ensure_bridge, remove_bridge
 from labtune_dev.node_binaries import ensure_node_binaries
 from labtune_dev.pause_image import pause_image
@@ -61,6 +63,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             pause_image()
         if uses("tools"):
             ensure_tools()
+        if uses("health_tool"):
+            ensure_health_tool()
+        if uses("kueue"):
+            ensure_kueue()
 
     def images() -> None:
         if (uses("demo") or uses("built")) and _can_run_node():

@@ -314,7 +314,7 @@ class BatchSpec(ApiModel):
 
 # --- status -----------------------------------------------------------------------------------
 
-RunState = Literal["Pending", "Waiting", "Suspended", "Running", "Succeeded", "Failed"]
+RunState = Literal["Pending", "Waiting", "Queued", "Suspended", "Running", "Succeeded", "Failed"]
 """One-word summary of a run's conditions, for `kubectl get`."""
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -10,6 +10,7 @@ import yaml
 
 from labtune.api.base import BatchSpec
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, ContractModel
+from labtune.operator.children.child_names import KUEUE_QUEUE
 from labtune.operator.children.pod_template import CONFIG_FILE, MAIN_CONTAINER
 
 # libyaml's emitter where PyYAML has it (its wheels do): the pure-Python one took an eighth of the
@@ -59,7 +60,8 @@ def build_job(
     if completions > 1:
         spec["completionMode"] = "Indexed"
     if batch is not None:
-        spec["suspend"] = batch.suspend
+        # A Job for a Kueue LocalQueue starts suspended: Kueue admits it by unsuspending it.
+        spec["suspend"] = batch.suspend or KUEUE_QUEUE in (metadata.get("labels") or {})
         spec["backoffLimit"] = batch.backoff_limit
         if batch.active_deadline_seconds is not None:
             spec["activeDeadlineSeconds"] = batch.active_deadline_seconds

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from labtune.operator.children.child_names import KUEUE_QUEUE
 from labtune.operator.children.pod_template import MAIN_CONTAINER
 
 _MESSAGE_LIMIT = 1024
@@ -33,6 +34,9 @@ class JobView:
     message: str = ""
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    uid: str = ""
+    queue: str | None = None
+    """The Kueue LocalQueue named by its label: Kueue, not the operator, then decides `suspend`."""
 
 
 def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -58,6 +62,8 @@ def view_job(job: Mapping[str, Any]) -> JobView:
         message=(failed or {}).get("message", ""),
         start_time=_time(status.get("startTime")),
         completion_time=_time(status.get("completionTime")),
+        uid=job["metadata"].get("uid", ""),
+        queue=(job["metadata"].get("labels") or {}).get(KUEUE_QUEUE),
     )
 
 

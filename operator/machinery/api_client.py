@@ -20,6 +20,8 @@ from labtune.api import GROUP, KINDS, VERSION
 from labtune.api.resource import Resource
 
 MERGE_PATCH = "application/merge-patch+json"
+KUEUE_WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2"
+"""Kueue's Workload API, its storage version since v0.15 (v1beta1 is served without conversion)."""
 REQUEST_TIMEOUT_S = 60
 # kind -> (API path prefix, plural) of the built-in objects the operator touches
 BUILTIN = {
@@ -187,6 +189,29 @@ class Kube:
         self.request(
             "PATCH", _path("Job", namespace, name), {"spec": {"suspend": suspend}}, content_type=MERGE_PATCH
         )
+
+    def job_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """The Kueue Workload of a Job (the one it owns), or None: none yet, or Kueue's API is not
+        served (Kueue is not installed)."""
+        try:
+            items: list[dict[str, Any]] = self.request(
+                "GET", f"{KUEUE_WORKLOADS}/namespaces/{namespace}/workloads"
+            )["items"]
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        owned = [
+            w
+            for w in items
+            if any(o.get("uid") == job_uid for o in w["metadata"].get("ownerReferences") or [])
+        ]
+        return owned[0] if owned else None
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's own switch for a queued Job: inactive, Kueue evicts and suspends it."""
+        path = f"{KUEUE_WORKLOADS}/namespaces/{namespace}/workloads/{name}"
+        self.request("PATCH", path, {"spec": {"active": active}}, content_type=MERGE_PATCH)
 
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self._list(_path("Pod", namespace), selector)["items"]

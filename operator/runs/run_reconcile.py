@@ -182,6 +182,43 @@ def _job_outcome(
     return RunOutcome("Pending", "JobCreated", f"Job {view.name} is waiting for its pods to start")
 
 
+def follow_suspend(
+    kube: Kube, namespace: str, view: JobView, workload: Mapping[str, Any] | None, suspend: bool
+) -> None:
+    """Suspends or resumes the Job as the spec says. A Job of a Kueue LocalQueue is Kueue's to
+    (un)suspend: its Workload is deactivated instead (Kueue then evicts and suspends the Job), and
+    reactivated on resume; until Kueue made its Workload, there is nothing to resume."""
+    if view.queue is None:
+        if view.suspended != suspend:
+            kube.set_job_suspend(namespace, view.name, suspend)
+        return
+    if workload is None:
+        if suspend and not view.suspended:
+            kube.set_job_suspend(namespace, view.name, True)
+        return
+    if (workload.get("spec") or {}).get("active", True) == suspend:
+        kube.set_workload_active(namespace, workload["metadata"]["name"], not suspend)
+
+
+def queued_outcome(view: JobView, workload: Mapping[str, Any] | None) -> RunOutcome:
+    """A Job Kueue has not admitted: Kueue's own reason and message from its Workload."""
+    if workload is None:
+        return RunOutcome(
+            "Queued",
+            "WaitingForKueue",
+            f"Job {view.name} waits for Kueue to admit it to LocalQueue {view.queue}, and Kueue has made "
+            "no Workload for it yet (is Kueue installed, and does the LocalQueue exist?)",
+        )
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    reserved = next((c for c in conditions if c.get("type") == "QuotaReserved"), None)
+    if reserved is None:
+        return RunOutcome("Queued", "Queued", f"Job {view.name} is queued in LocalQueue {view.queue}")
+    reason = reserved.get("reason") or "Pending"
+    return RunOutcome(
+        "Queued", reason, f"Kueue has not admitted Job {view.name}: {reserved.get('message') or reason}"
+    )
+
+
 def create_children(kube: Kube, children: tuple[Mapping[str, Any], ...]) -> dict[str, Any] | Refusal:
     """Creates (or adopts) each child in order and returns the last, or why one cannot be had — a
     condition on the owner, never only an operator log line."""
@@ -268,8 +305,9 @@ def reconcile_run(
         status.start_time = old.start_time or timestamp
 
     want_suspend = bool(spec.get("suspend"))
-    if view.suspended != want_suspend and not (view.complete or view.failed):
-        kube.set_job_suspend(namespace, view.name, want_suspend)
+    workload = kube.job_workload(namespace, view.uid) if view.queue and view.uid else None
+    if not (view.complete or view.failed):
+        follow_suspend(kube, namespace, view, workload, want_suspend)
     # Pods matter only for a finished Job (its summary, or why it failed) and for one whose pods do not
     # run yet (why not: an image that cannot be pulled, a pod that cannot be scheduled, ...): a running
     # one is described by the Job's own status, and progress comes from the scrape timer.
@@ -305,6 +343,8 @@ def reconcile_run(
             else:
                 outcome = RunOutcome("Succeeded", "Succeeded", f"Job {view.name} completed{end.note}")
         status.completion_time = view.completion_time or timestamp
+    elif view.queue and view.suspended and not want_suspend and not view.failed:
+        outcome = queued_outcome(view, workload)
     else:
         problem = why_pods_wait(kube, namespace, pods) if starting else None
         outcome = _job_outcome(view, pods, want_suspend, problem)

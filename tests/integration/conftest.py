@@ -1,8 +1,9 @@
-"""Fixtures for tests that need the labtune.io CRDs installed."""
+"""Fixtures for tests that need the labtune.io CRDs installed, or the real Kueue controller."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from labtune.api import GROUP, KINDS
+from labtune_dev.kueue import KueueController, kueue_controller
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
@@ -45,3 +47,11 @@ def labtune_crds(api_client: client.ApiClient) -> list[str]:
 def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
     conditions = ext.read_custom_resource_definition(name).status.conditions or []
     return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+@pytest.fixture(scope="session")
+def kueue(
+    kubeconfig: Path, kube_controllers: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KueueController]:
+    with kueue_controller(kubeconfig, tmp_path_factory.mktemp("kueue")) as running:
+        yield running

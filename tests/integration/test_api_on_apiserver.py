@@ -560,6 +560,31 @@ def test_spec_is_immutable_once_started_except_suspend(
     assert current["spec"]["backoffLimit"] == 5
 
 
+@pytest.mark.parametrize("base", [RUN, JOB], ids=["SyntheticDataRun", "TuningJob"])
+def test_managed_by_is_set_at_creation_or_never(
+    api_client: client.ApiClient, namespace: str, base: dict[str, Any]
+) -> None:
+    kind = base["kind"]
+    unmanaged = copy.deepcopy(base)
+    _create(api_client, namespace, unmanaged)
+    with pytest.raises(ApiException) as rejected:  # not even before the start
+        _patch_spec(api_client, namespace, kind, unmanaged["metadata"]["name"], {"managedBy": "x.io/y"})
+    assert rejected.value.status == 422
+    assert "spec.managedBy is immutable" in json.loads(rejected.value.body)["message"]
+    managed = copy.deepcopy(base)
+    managed["metadata"]["name"] += "-managed"
+    managed["spec"]["managedBy"] = "kueue.x-k8s.io/multikueue"
+    _create(api_client, namespace, managed)
+    with pytest.raises(ApiException):
+        _patch_spec(api_client, namespace, kind, managed["metadata"]["name"], {"managedBy": None})
+    bad = copy.deepcopy(base)
+    bad["metadata"]["name"] += "-bad"
+    bad["spec"]["managedBy"] = "not a path"
+    with pytest.raises(ApiException) as invalid:
+        _create(api_client, namespace, bad)
+    assert "must be a domain-prefixed path" in json.loads(invalid.value.body)["message"]
+
+
 def test_status_is_written_only_through_the_status_subresource(
     api_client: client.ApiClient, namespace: str
 ) -> None:

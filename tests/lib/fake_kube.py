@@ -99,6 +99,22 @@ class FakeKube:
             and selector.items() <= (o["metadata"].get("labels") or {}).items()
         ]
 
+    def job_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        owned = [
+            copy.deepcopy(o)
+            for (kind, ns, _), o in self.objects.items()
+            if kind == "Workload"
+            and ns == namespace
+            and any(r.get("uid") == job_uid for r in o["metadata"].get("ownerReferences") or [])
+        ]
+        return owned[0] if owned else None
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        workload = self.objects[("Workload", namespace, name)]
+        workload.setdefault("spec", {})["active"] = active
+        self.writes.append(("patch", "Workload"))
+        self.put(workload)
+
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         return self._list("Pod", namespace, selector)
 

@@ -20,6 +20,10 @@ job pods only.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
+# A Job in a Kueue LocalQueue: the operator reads why Kueue holds it and suspends it through its Workload.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, patch]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, create]

@@ -33,11 +33,13 @@ def taxonomy(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def data_run(name: str, taxonomy_name: str, teacher: dict[str, Any]) -> dict[str, Any]:
+def data_run(
+    name: str, taxonomy_name: str, teacher: dict[str, Any], labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SyntheticDataRun",
-        "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
+        "metadata": {"name": name, "labels": labels or {}},
         "spec": {"taxonomyRef": {"name": taxonomy_name}, "teacher": teacher, "pipeline": {"builtin": "full"}},
     }
 
@@ -74,7 +76,7 @@ def test_taxonomy_sync_reports_the_summary_and_releases_the_run(cluster: Cluster
         "model": "mixtral",
         "apiKeySecretRef": {"name": "teacher", "key": "token"},
     }
-    cluster.create(data_run("sdg", "tax", {"endpoint": endpoint}))
+    cluster.create(data_run("sdg", "tax", {"endpoint": endpoint}, {"kueue.x-k8s.io/queue-name": "team-a"}))
     status = cluster.status_when("syntheticdataruns", "sdg", lambda s: s.get("state") == "Waiting", "waiting")
     assert condition(status, "Ready")["reason"] == "WaitingForTaxonomy"
 
@@ -106,6 +108,10 @@ def test_taxonomy_sync_reports_the_summary_and_releases_the_run(cluster: Cluster
     assert status["taxonomyRevision"] == COMMIT
     generator = cluster.job("sdg-generate")
     assert generator["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    # No Kueue runs here: the Job stays suspended for it, and the run says so.
+    assert generator["spec"]["suspend"] is True
+    status = cluster.status_when("syntheticdataruns", "sdg", lambda s: s.get("state") == "Queued", "queued")
+    assert condition(status, "Waiting")["reason"] == "WaitingForKueue"
     main = generator["spec"]["template"]["spec"]["containers"][0]
     key_ref = {
         "name": "LABTUNE_TEACHER_API_KEY",

@@ -270,3 +270,73 @@ def test_a_run_managed_by_another_controller_is_left_alone(kube: FakeKube, store
     store.put_owner(kube.put(body))
     reconcile(kube, store)
     assert [w for w in kube.writes if w[0] == "create"] == [("create", "ConfigMap"), ("create", "Job")]
+
+
+def _queued(kube: FakeKube, store: Store) -> dict[str, Any]:
+    body = tuning_job()
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    kube.put(body)
+    reconcile(kube, store)
+    job = kube.get("Job", "ns", JOB)
+    assert job is not None
+    return job
+
+
+def test_a_kueue_job_starts_suspended_and_says_why_kueue_holds_it(kube: FakeKube, store: Store) -> None:
+    job = _queued(kube, store)
+    assert job["spec"]["suspend"] is True  # Kueue admits it by unsuspending it
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert state(kube) == ("Queued", "WaitingForKueue")
+    reserved = {
+        "type": "QuotaReserved",
+        "status": "False",
+        "reason": "Pending",
+        "message": "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu",
+    }
+    kube.put(
+        {
+            "kind": "Workload",
+            "metadata": {
+                "name": "job-train",
+                "namespace": "ns",
+                "ownerReferences": [{"uid": job["metadata"]["uid"]}],
+            },
+            "spec": {"active": True},
+            "status": {"conditions": [reserved]},
+        }
+    )
+    store.put_owner(kube.get("TuningJob", "ns", "train") or {})
+    reconcile(kube, store)
+    status = (kube.get("TuningJob", "ns", "train") or {})["status"]
+    waiting = next(c for c in status["conditions"] if c["type"] == "Waiting")
+    assert (status["state"], waiting["status"], waiting["reason"]) == ("Queued", "True", "Pending")
+    assert "insufficient unused quota for nvidia.com/gpu" in waiting["message"]
+    stored = kube.get("Job", "ns", JOB)
+    assert stored is not None
+    assert stored["spec"]["suspend"] is True, "the operator never unsuspends a Kueue Job"
+
+    job_moves(kube, store, {})  # Kueue admitted it: unsuspended
+    admitted = kube.get("Job", "ns", JOB)
+    assert admitted is not None
+    store.put_job(kube.put({**admitted, "spec": {**admitted["spec"], "suspend": False}}))
+    store.put_owner(kube.get("TuningJob", "ns", "train") or {})
+    reconcile(kube, store)
+    assert state(kube) == ("Pending", "JobCreated")
+
+
+def test_suspending_a_kueue_run_deactivates_its_workload(kube: FakeKube, store: Store) -> None:
+    job = _queued(kube, store)
+    workload = {"name": "job-train", "namespace": "ns", "ownerReferences": [{"uid": job["metadata"]["uid"]}]}
+    kube.put({"kind": "Workload", "metadata": workload, "spec": {"active": True}})
+    store.put_job(kube.put({**job, "spec": {**job["spec"], "suspend": False}}))  # admitted
+    body = kube.get("TuningJob", "ns", "train") or {}
+    store.put_owner(kube.put({**body, "spec": {**body["spec"], "suspend": True}}))
+    reconcile(kube, store)
+    assert (kube.get("Workload", "ns", "job-train") or {})["spec"]["active"] is False
+    assert (kube.get("Job", "ns", JOB) or {})["spec"]["suspend"] is False, (
+        "Kueue suspends it, not the operator"
+    )
+    body = kube.get("TuningJob", "ns", "train") or {}
+    store.put_owner(kube.put({**body, "spec": {**body["spec"], "suspend": False}}))
+    reconcile(kube, store)
+    assert (kube.get("Workload", "ns", "job-train") or {})["spec"]["active"] is True
