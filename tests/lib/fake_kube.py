@@ -13,6 +13,8 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from labtune.api.resource import Resource
+from labtune.operator.children.child_names import MANAGED_BY, kind_label
+from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL
 
 Key = tuple[str, str, str]
 EPOCH = datetime(2026, 12, 3, tzinfo=UTC)
@@ -39,6 +41,24 @@ class FakeKube:
         meta["resourceVersion"] = str(next(self.versions))
         self.objects[(stored["kind"], meta["namespace"], meta["name"])] = stored
         return copy.deepcopy(stored)
+
+    def put_job_pod(self, kind: str, owner: str, job: str, exit_code: int, message: str) -> None:
+        """The terminated pod of a child Job, as the kubelet leaves it: its main container's exit
+        code and termination message (the summary)."""
+        labels = {MANAGED_BY: "labtune", kind_label(kind): owner, JOB_NAME_LABEL: job}
+        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error"}
+        self.put(
+            {
+                "kind": "Pod",
+                "metadata": {"name": f"{job}-pod", "namespace": "ns", "labels": labels},
+                "status": {
+                    "phase": "Succeeded" if exit_code == 0 else "Failed",
+                    "containerStatuses": [
+                        {"name": "main", "state": {"terminated": {**terminated, "message": message}}}
+                    ],
+                },
+            }
+        )
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         found = self.objects.get((kind, namespace, name))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -79,21 +79,27 @@ def test_unknown_base_is_one_line(sample_taxonomy: SampleTaxonomy) -> None:
     assert result.output.strip() == expected
 
 
-def test_sync_command(sample_taxonomy: SampleTaxonomy, tmp_path: Path) -> None:
-    config = tmp_path / "sync.yaml"
+def _sync(taxonomy: SampleTaxonomy, folder: Path) -> dict[str, Any]:
+    """`labtune taxonomy sync` of the branch main, as the sync pod runs it; its summary."""
+    config = folder / "sync.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "kind": "TaxonomySync",
-                "git": {"url": str(sample_taxonomy.root), "branch": "main"},
-                "manifest": str(tmp_path / "manifest.json"),
-                "terminationLog": str(tmp_path / "termination-log"),
+                "git": {"url": str(taxonomy.root), "branch": "main"},
+                "manifest": str(folder / "manifest.json"),
+                "terminationLog": str(folder / "termination-log"),
             }
         )
     )
     result = CliRunner().invoke(main, ["taxonomy", "sync", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "termination-log").read_text())
+    summary: dict[str, Any] = json.loads((folder / "termination-log").read_text())
+    return summary
+
+
+def test_sync_command(sample_taxonomy: SampleTaxonomy, tmp_path: Path) -> None:
+    summary = _sync(sample_taxonomy, tmp_path)
     assert summary["commit"] == sample_taxonomy.commit
     assert summary["leafCounts"] == {"knowledge": 1, "freeformSkills": 1, "groundedSkills": 1, "total": 3}
     assert summary["changedLeafCount"] == 3
@@ -104,33 +110,15 @@ def test_the_leaves_digest_changes_with_a_leaf_only(
     sample_taxonomy: SampleTaxonomy, tmp_path: Path, git: type[Git]
 ) -> None:
     """What a LabPipeline runs on: a commit that changes no qna.yaml keeps the digest."""
-    config = tmp_path / "sync.yaml"
-
-    def digest() -> str:
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "kind": "TaxonomySync",
-                    "git": {"url": str(sample_taxonomy.root), "branch": "main"},
-                    "manifest": str(tmp_path / "manifest.json"),
-                    "terminationLog": str(tmp_path / "termination-log"),
-                }
-            )
-        )
-        result = CliRunner().invoke(main, ["taxonomy", "sync", "--config", str(config)])
-        assert result.exit_code == 0, result.output
-        found: str = json.loads((tmp_path / "termination-log").read_text())["leavesDigest"]
-        return found
-
-    first = digest()
+    first = _sync(sample_taxonomy, tmp_path)["leavesDigest"]
     assert len(first) == 64
     (sample_taxonomy.root / "README.md").write_text("how to contribute\n")
     git.commit_all(sample_taxonomy.root, "docs")
-    assert digest() == first
+    assert _sync(sample_taxonomy, tmp_path)["leavesDigest"] == first
     leaf = sample_taxonomy.root / SKILL
     leaf.write_text(leaf.read_text().replace("the sea.", "the harbour."))
     git.commit_all(sample_taxonomy.root, "a leaf")
-    assert digest() != first
+    assert _sync(sample_taxonomy, tmp_path)["leavesDigest"] != first
 
 
 def test_sync_bad_config_and_unreachable_repository(tmp_path: Path) -> None:

@@ -13,12 +13,11 @@ import pytest
 from fake_kube import FakeKube
 
 from labtune.api import API_VERSION
-from labtune.operator.children.child_names import selector
 from labtune.operator.machinery.context import Context
 from labtune.operator.machinery.retries import RetryLater
 from labtune.operator.machinery.watch_store import Store
 from labtune.operator.machinery.work_queue import WorkQueue
-from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, StaleBody, Transition, reconcile_run
+from labtune.operator.runs.run_reconcile import StaleBody, Transition, reconcile_run
 from labtune.operator.runs.run_worker import run_once
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.tuning_job.tuning_job_reconcile import TuningJobKind
@@ -81,18 +80,7 @@ def state(kube: FakeKube) -> tuple[str, str]:
 
 
 def finished_pod(kube: FakeKube) -> None:
-    labels = {**selector("TuningJob", "train"), JOB_NAME_LABEL: JOB}
-    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(SUMMARY)}
-    kube.put(
-        {
-            "kind": "Pod",
-            "metadata": {"name": f"{JOB}-x", "namespace": "ns", "labels": labels},
-            "status": {
-                "phase": "Succeeded",
-                "containerStatuses": [{"name": "main", "state": {"terminated": terminated}}],
-            },
-        }
-    )
+    kube.put_job_pod("TuningJob", "train", JOB, 0, json.dumps(SUMMARY))
 
 
 def test_every_transition_from_creation_to_success(kube: FakeKube, store: Store) -> None:

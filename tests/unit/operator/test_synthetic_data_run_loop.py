@@ -12,9 +12,8 @@ import pytest
 from fake_kube import FakeKube
 
 from labtune.api import API_VERSION
-from labtune.operator.children.child_names import selector
 from labtune.operator.machinery.watch_store import Store
-from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL, reconcile_run
+from labtune.operator.runs.run_reconcile import reconcile_run
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run.synthetic_data_run_reconcile import SyntheticDataRunKind
 
@@ -94,18 +93,7 @@ def test_waits_for_its_taxonomy_and_starts_on_its_revision(kube: FakeKube) -> No
 
 
 def finish(kube: FakeKube, summary: dict[str, Any]) -> None:
-    labels = {**selector("SyntheticDataRun", "sdg"), JOB_NAME_LABEL: JOB}
-    terminated = {"exitCode": 0, "message": json.dumps(summary)}
-    kube.put(
-        {
-            "kind": "Pod",
-            "metadata": {"name": f"{JOB}-pod", "namespace": "ns", "labels": labels},
-            "status": {
-                "phase": "Succeeded",
-                "containerStatuses": [{"name": "main", "state": {"terminated": terminated}}],
-            },
-        }
-    )
+    kube.put_job_pod("SyntheticDataRun", "sdg", JOB, 0, json.dumps(summary))
     job = kube.get("Job", "ns", JOB)
     assert job is not None
     kube.put({**job, "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}})

@@ -13,7 +13,6 @@ from fake_kube import FakeKube
 
 from labtune.api import API_VERSION
 from labtune.operator.children.child_names import selector
-from labtune.operator.runs.run_reconcile import JOB_NAME_LABEL
 from labtune.operator.settings import OperatorSettings
 from labtune.operator.taxonomy.taxonomy_builders import sync_job_name
 from labtune.operator.taxonomy.taxonomy_reconcile import reconcile_taxonomy
@@ -51,19 +50,7 @@ def sync_jobs(kube: FakeKube) -> list[str]:
 
 def finish(kube: FakeKube, job: str, summary: dict[str, Any] | None) -> None:
     """The sync pod ends (with its summary, or failing) and the Job controller marks the Job."""
-    labels = {**selector("Taxonomy", "tax"), JOB_NAME_LABEL: job}
-    phase = "Succeeded" if summary is not None else "Failed"
-    terminated = {"exitCode": 0 if summary is not None else 1, "message": json.dumps(summary or {})}
-    kube.put(
-        {
-            "kind": "Pod",
-            "metadata": {"name": f"{job}-pod", "namespace": "ns", "labels": labels},
-            "status": {
-                "phase": phase,
-                "containerStatuses": [{"name": "main", "state": {"terminated": terminated}}],
-            },
-        }
-    )
+    kube.put_job_pod("Taxonomy", "tax", job, 0 if summary is not None else 1, json.dumps(summary or {}))
     stored = kube.get("Job", "ns", job)
     assert stored is not None
     condition = {"type": "Complete" if summary is not None else "Failed", "status": "True", "reason": "X"}
