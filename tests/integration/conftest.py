@@ -49,9 +49,12 @@ def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
     return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kueue(
     kubeconfig: Path, kube_controllers: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KueueController]:
+    """Kueue's controller for the tests of one module. Not for the session: while it runs, Kueue
+    admits or holds every Job with a queue label, so a later module's run would see Kueue's
+    reason (a LocalQueue that does not exist) where it tests the operator without Kueue."""
     with kueue_controller(kubeconfig, tmp_path_factory.mktemp("kueue")) as running:
         yield running
