@@ -28,6 +28,7 @@ from labtune.operator.machinery import resync
 from labtune.operator.machinery.api_client import Kube, api_client
 from labtune.operator.machinery.context import Context, context_of
 from labtune.operator.machinery.event_recorder import Recorder
+from labtune.operator.machinery.leader_election import run_elected
 from labtune.operator.machinery.resync import Periodic
 from labtune.operator.machinery.work_queue import WorkQueue
 from labtune.operator.runs.run_reconcile import RunKind
@@ -212,7 +213,6 @@ def run(settings: OperatorSettings) -> None:
         queue = WorkQueue(operator_settings.workers)
         memo.context = Context(kube, operator_settings, queue, recorder=Recorder(kube))
         resync.start(memo.context, periodic_tasks(operator_settings))
-        metrics.serve(operator_settings.metrics_port)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -222,18 +222,25 @@ def run(settings: OperatorSettings) -> None:
 
     operator_settings = settings
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
-    loop = asyncio.new_event_loop()
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers))
-    asyncio.set_event_loop(loop)
-    loop.run_until_complete(
-        kopf.operator(
-            registry=registry,
-            standalone=True,  # no peering objects; run one replica (the chart's Deployment does)
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=liveness,
+
+    def lead() -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers))
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(
+            kopf.operator(
+                registry=registry,
+                # No kopf peering: with several replicas, the Lease decides which one runs kopf.
+                standalone=True,
+                clusterwide=not settings.namespaces,
+                namespaces=list(settings.namespaces),
+                liveness_endpoint=liveness,
+            )
         )
-    )
+
+    metrics.serve(settings.metrics_port)  # a standby's too: it says it is one
+    election_client = api_client(settings.kubeconfig, 1)
+    run_elected(settings.leader_election, election_client, settings.liveness_port, lead)
 
 
 def _login_from_kubeconfig(path: str) -> kopf.ConnectionInfo:

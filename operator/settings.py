@@ -3,12 +3,40 @@ options or their LABTUNE_* environment variables)."""
 
 from __future__ import annotations
 
+import socket
+import uuid
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labtune import __version__
 from labtune.contract.generate import DEFAULT_LEAF_CACHE_BYTES
+
+
+class LeaderElectionSettings(BaseModel):
+    """The Lease and its timing (seconds; Kubernetes' own controllers use 15, 10 and 2)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = False
+    lease_name: str = "labtune-operator"
+    namespace: str = "labtune-system"
+    identity: str = Field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    """Unique per process: the host (pod) name and a random part, so that a restarted container waits
+    for the Lease its previous process held rather than taking it as its own."""
+    lease_duration: int = Field(default=15, ge=2)
+    renew_deadline: int = Field(default=10, ge=1)
+    retry_period: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> LeaderElectionSettings:
+        # The client's own checks (it calls sys.exit on a violation), made readable here.
+        if not (1.2 * self.retry_period < self.renew_deadline < self.lease_duration):
+            raise ValueError(
+                "leader election needs 1.2 x retry period < renew deadline < lease duration, got "
+                f"{self.retry_period}, {self.renew_deadline} and {self.lease_duration} seconds"
+            )
+        return self
 
 
 class OperatorSettings(BaseModel):
@@ -44,3 +72,5 @@ class OperatorSettings(BaseModel):
     """Reconciliation worker threads (each runs one reconciliation at a time)."""
     leaf_cache_max_bytes: Annotated[int, Field(ge=0)] = DEFAULT_LEAF_CACHE_BYTES
     """Size bound of the SyntheticDataRun leaf cache on each artifact claim (`labtune-cache/leaves`)."""
+    leader_election: LeaderElectionSettings = Field(default_factory=LeaderElectionSettings)
+    """Several replicas, one reconciling: off by default (one replica); the chart turns it on."""

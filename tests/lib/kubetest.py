@@ -50,8 +50,8 @@ class OperatorProcess:
 class OperatorRunner:
     """`python -m labtune.operator` as a child process that a test may also SIGKILL and start again."""
 
-    def __init__(self, kubeconfig: Path, process: OperatorProcess) -> None:
-        self.kubeconfig, self.process = kubeconfig, process
+    def __init__(self, kubeconfig: Path, process: OperatorProcess, args: tuple[str, ...] = ()) -> None:
+        self.kubeconfig, self.process, self.args = kubeconfig, process, args
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -66,6 +66,7 @@ class OperatorRunner:
             "--resync-interval", "5",
             "--generator-image", "labtune/generator:test",
             "--trainer-image", "labtune/trainer:test",
+            *self.args,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with process.log.open("ab") as log:

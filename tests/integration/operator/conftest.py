@@ -133,9 +133,17 @@ def gpu_node(api_client: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def operator_kubeconfig(
+    api_client: client.ApiClient, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A kubeconfig with the operator's ServiceAccount token, bound to the operator's RBAC."""
+    _apply_rbac(api_client)
+    return _service_account_kubeconfig(api_client, kubeconfig, tmp_path_factory.mktemp("sa") / "kubeconfig")
+
+
+@pytest.fixture(scope="module")
 def operator_runner(
-    api_client: client.ApiClient,
-    kubeconfig: Path,
+    operator_kubeconfig: Path,
     labtune_crds: list[str],
     kube_controllers: None,
     gpu_node: str,
@@ -144,10 +152,8 @@ def operator_runner(
     """The operator watching every namespace with the ServiceAccount's token; one per test module,
     so that no operator outlives its tests and touches other tests' resources."""
     folder = tmp_path_factory.mktemp("operator")
-    _apply_rbac(api_client)
-    sa_kubeconfig = _service_account_kubeconfig(api_client, kubeconfig, folder / "kubeconfig")
     runner = OperatorRunner(
-        sa_kubeconfig, OperatorProcess(free_port(), free_port(), free_port(), folder / "operator.log")
+        operator_kubeconfig, OperatorProcess(free_port(), free_port(), free_port(), folder / "operator.log")
     )
     try:
         runner.start()
