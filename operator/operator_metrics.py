@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,6 +34,13 @@ PIPELINE_RUNS = Counter(
     "labtune_labpipeline_runs_stamped", "Runs LabPipelines stamped for new revisions.", ["namespace"]
 )
 GPU_SECONDS = Counter("labtune_gpu_seconds", "GPU time of finished runs.", ["namespace", "kind"])
+IS_LEADER = Gauge(
+    "labtune_operator_leader", "1 while this replica reconciles (holds the leader Lease), else 0."
+)
+LEADERSHIPS = Counter(
+    "labtune_operator_leadership_acquired",
+    "Times this replica took the leader Lease (summed: leader changes).",
+)
 
 
 class ResourceStates(Collector):

@@ -197,6 +197,8 @@ def helm_release(settings: DemoSettings, helm: str, tags: dict[str, str], log: P
         f"jobImages.trainer={repository('trainer')}",
         f"jobImages.tag={tags['trainer'].rsplit(':', 1)[1]}",
         f"watchNamespaces[0]={settings.namespace}",
+        # One replica on the one-node dev cluster: a standby's CPU request would compete with job pods.
+        "replicaCount=1",
         # Short intervals: the demo's steps take seconds, not hours.
         "extraArgs[0]=--scrape-interval=5",
         "extraArgs[1]=--resync-interval=10",

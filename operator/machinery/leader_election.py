@@ -4,7 +4,8 @@ only one reconciles.
 Every replica runs the kubernetes client's leader election (`kubernetes.leaderelection`) on one
 thread. A standby only waits: it serves /healthz so that its liveness probe passes, and its
 `labtune_operator_leader` gauge reads 0. The replica that takes the Lease starts the operator;
-while it leads, it renews the Lease every `retry_period` seconds.
+while it leads, it renews the Lease every `retry_period` seconds. Stopped by SIGTERM (a rolling
+update, a drain), it gives the Lease up, and a standby takes it at its next try.
 
 A leader that cannot renew within `renew_deadline` (the API server unreachable, its token revoked,
 a request that hangs) exits the process at once: nothing it has in flight is finished. Its
@@ -24,18 +25,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
-from prometheus_client import Counter, Gauge
 
+from labtune.operator.operator_metrics import IS_LEADER, LEADERSHIPS
 from labtune.operator.settings import LeaderElectionSettings
 
 log = logging.getLogger(__name__)
 
-IS_LEADER = Gauge("labtune_operator_leader", "1 while this replica holds the leader Lease, else 0.")
-LEADERSHIPS = Counter(
-    "labtune_operator_leadership_acquired", "Times this replica took the leader Lease (sum: leader changes)."
-)
 LOST_EXIT_CODE = 1
 """The exit status of a replica that lost its Lease (its pod restarts and becomes a standby)."""
 
@@ -48,12 +46,34 @@ class _WatchedLeaseLock(LeaseLock):
         super().__init__(settings.lease_name, settings.namespace, settings.identity)  # type: ignore[no-untyped-call]
         self.api_instance = client.CoordinationV1Api(api)
         self.renewed = time.monotonic()
+        self.released = False
+        """Set as the replica gives the Lease up: the election thread must not take it back."""
 
     def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        if self.released:
+            return False
         return self._noted(super().create(name, namespace, election_record))  # type: ignore[no-untyped-call]
 
     def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+        if self.released:
+            return False
         return self._noted(super().update(name, namespace, updated_record))  # type: ignore[no-untyped-call]
+
+    def release(self) -> None:
+        """Gives the Lease up (no holder) if this replica still holds it, so that a standby takes it
+        at its next try instead of waiting out the lease: a rolling update hands over in seconds.
+        The write carries the Lease's resourceVersion: it fails if another replica wrote since."""
+        self.released = True
+        try:
+            lease = self.api_instance.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec is None or lease.spec.holder_identity != self.identity:
+                return
+            lease.spec.holder_identity = None
+            self.api_instance.replace_namespaced_lease(self.name, self.namespace, lease)
+        except ApiException as error:
+            log.warning("leader election: could not give the Lease up (%s %s)", error.status, error.reason)
+            return
+        log.info("leader election: %s gave the Lease up", self.identity)
 
     def _noted(self, written: bool) -> bool:
         if written:
@@ -139,3 +159,6 @@ def run_elected(
     LEADERSHIPS.inc()
     log.info("leader election: %s leads", settings.identity)
     lead()
+    # The operator stopped (SIGTERM): kopf's watches are closed, nothing new is reconciled.
+    lock.release()
+    IS_LEADER.set(0)

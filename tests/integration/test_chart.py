@@ -52,8 +52,17 @@ def test_helm_lint(tools: Tools, options: tuple[str, ...]) -> None:
 def test_default_values_render_the_operator_for_every_namespace(tools: Tools) -> None:
     manifests = helm_template(tools.helm)
     assert sorted(m["kind"] for m in manifests) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+        "Service", "ServiceAccount",
     ]  # fmt: skip
+    # Two replicas, one reconciling: the Lease in the release namespace decides which.
+    deployment = only(manifests, "Deployment")["spec"]
+    assert (deployment["replicas"], deployment["strategy"]["type"]) == (2, "RollingUpdate")
+    assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert only(manifests, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    lease_role = only(manifests, "Role")
+    assert lease_role["metadata"]["namespace"] == "labtune-system"
+    assert only(manifests, "RoleBinding")["roleRef"]["name"] == lease_role["metadata"]["name"]
     container = _container(manifests)
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert container["image"] == f"ghcr.io/labtune/operator:{app_version}"
@@ -61,6 +70,8 @@ def test_default_values_render_the_operator_for_every_namespace(tools: Tools) ->
     assert options["all_namespaces"]
     assert options["namespaces"] == ()
     assert options["trainer_image"] == f"ghcr.io/labtune/trainer:{app_version}"
+    assert options["leader_election"]
+    assert (options["election_namespace"], options["election_lease_name"]) == ("labtune-system", "labtune")
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -81,10 +92,11 @@ def test_other_values_render_roles_per_namespace_and_monitoring(tools: Tools) ->
         release="ml",
         namespace="ops",
     )  # fmt: skip
-    roles = [m for m in manifests if m["kind"] == "Role"]
-    bindings = [m for m in manifests if m["kind"] == "RoleBinding"]
+    roles = [m for m in manifests if m["kind"] == "Role" and not _lease_role(m)]
+    bindings = [m for m in manifests if m["kind"] == "RoleBinding" and not _lease_role(m)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert [m["metadata"]["namespace"] for m in manifests if _lease_role(m)] == ["ops", "ops"]
     operator_account = {"kind": "ServiceAccount", "name": "ml-labtune", "namespace": "ops"}
     assert all(b["subjects"] == [operator_account] for b in bindings)
     container = _container(manifests)
@@ -110,6 +122,31 @@ def test_other_values_render_roles_per_namespace_and_monitoring(tools: Tools) ->
     assert json.loads(dashboard["data"]["labtune.json"]) == json.loads((files / "dashboard.json").read_text())
 
 
+def test_one_replica_without_leader_election_is_recreated_and_more_are_refused(tools: Tools) -> None:
+    single = ("--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
+    manifests = helm_template(tools.helm, *single)
+    assert only(manifests, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not _run_options(_container(manifests)["args"])["leader_election"]
+    assert not [m for m in manifests if m["kind"] in ("Role", "PodDisruptionBudget")]
+    refused = subprocess.run(
+        [
+            tools.helm,
+            "template",
+            "x",
+            CHART,
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "replicaCount above 1 needs leaderElection.enabled" in refused.stderr
+
+
 def test_argocd_health_config_map_carries_the_scripts_as_they_are(tools: Tools) -> None:
     config_map = only(helm_template(tools.helm, *ARGOCD, release="ml", namespace="ops"), "ConfigMap")
     assert (config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == (
@@ -118,6 +155,13 @@ def test_argocd_health_config_map_carries_the_scripts_as_they_are(tools: Tools) 
     )
     scripts = argocd_health.scripts()
     assert config_map["data"] == {argocd_health.config_key(kind): text for kind, text in scripts.items()}
+
+
+def _lease_role(manifest: dict[str, Any]) -> bool:
+    """The leader election's Role or RoleBinding (in the release namespace, for the Lease only)."""
+    return manifest["kind"] in ("Role", "RoleBinding") and manifest["metadata"]["name"].endswith(
+        "-leader-election"
+    )
 
 
 def _rules(path: str, kind: str) -> list[dict[str, Any]]:
@@ -130,9 +174,11 @@ def test_rbac_equals_deploy_rbac(tools: Tools) -> None:
     cluster_wide = helm_template(tools.helm)
     assert only(cluster_wide, "ClusterRole")["rules"] == _rules("deploy/rbac/clusterrole.yaml", "ClusterRole")
     namespaced = helm_template(tools.helm, *NAMESPACED)
-    for role in (m for m in namespaced if m["kind"] == "Role"):
+    for role in (m for m in namespaced if m["kind"] == "Role" and not _lease_role(m)):
         assert role["rules"] == _rules("deploy/rbac/role.yaml", "Role")
     assert only(namespaced, "ClusterRole")["rules"] == _rules("deploy/rbac/role.yaml", "ClusterRole")
+    lease_roles = [m for m in cluster_wide if m["kind"] == "Role"]
+    assert only(lease_roles, "Role")["rules"] == _rules("deploy/rbac/leader-election-role.yaml", "Role")
 
 
 @pytest.fixture(scope="session")

@@ -48,3 +48,12 @@ only some namespaces. */}}
   resources: [namespaces]
   verbs: [list, watch]
 {{- end -}}
+
+{{/*
+"labtune.rbac.leaderElection": the leader Lease in the operator's own namespace (a Role there).
+*/}}
+{{- define "labtune.rbac.leaderElection" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end }}

@@ -1,10 +1,15 @@
 """Two operator replicas with leader election on a real Lease: one leads and reconciles, the other
 waits and serves /healthz; the leader SIGKILLed, the standby takes the Lease within the lease
-duration and reconciles what came since."""
+duration and reconciles what came since; the leader stopped by SIGTERM (a rolling update) gives the
+Lease up and the standby takes it at its next try; a leader cut off from the API server (its
+connections hang) exits before the standby may take the Lease."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -53,6 +58,49 @@ def _leader_gauge(process: OperatorProcess) -> float | None:
         return None
     values = [line.split()[1] for line in text.splitlines() if line.startswith("labtune_operator_leader ")]
     return float(values[0]) if values else None
+
+
+class FreezableProxy:
+    """A TCP relay to the API server on the same address (its certificate names it) that a test can
+    freeze: it keeps every connection open and passes no more bytes, as a partitioned network does."""
+
+    def __init__(self, server: str) -> None:
+        url = urllib.parse.urlsplit(server)
+        assert url.hostname is not None
+        self.upstream = (url.hostname, url.port or 443)
+        self.listener = socket.create_server((url.hostname, 0))
+        self.url = f"https://{url.hostname}:{self.listener.getsockname()[1]}"
+        self.frozen = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.1)
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _through(kubeconfig: Path, proxy: FreezableProxy, path: Path) -> Path:
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = proxy.url
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture
@@ -118,3 +166,71 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
         "tuningjobs", "led-by-a", lambda s: s.get("state") == "Suspended", "suspended"
     )
     assert status["jobName"] == "led-by-a-train"
+
+
+def test_a_leader_stopped_by_sigterm_hands_over_at_once(
+    api_client: client.ApiClient, cluster: Cluster, replicas: tuple[str, dict[str, OperatorRunner]]
+) -> None:
+    lease, runners = replicas
+    coordination = client.CoordinationV1Api(api_client)
+    runners["a"].start()
+    eventually(lambda: True if _leader_gauge(runners["a"].process) == 1 else None, what="replica a to lead")
+    runners["b"].start()
+    assert _leader_gauge(runners["b"].process) == 0
+
+    stopping = time.monotonic()
+    runners["a"].stop()
+    assert runners["a"].popen is not None
+    assert runners["a"].popen.returncode == 0  # a clean stop, not the exit of a lost Lease
+    assert "gave the Lease up" in runners["a"].process.log.read_text()
+    eventually(
+        lambda: True if _leader_gauge(runners["b"].process) == 1 else None,
+        timeout=4 * RETRY_PERIOD_S,
+        what="replica b to take the given-up Lease",
+    )
+    print(f"handover after SIGTERM: {time.monotonic() - stopping:.1f}s")
+    assert coordination.read_namespaced_lease(lease, NAMESPACE).spec.holder_identity == "replica-b"
+    cluster.create(tuning_job("after-handover", suspend=True))
+    cluster.job("after-handover-train")
+
+
+def test_a_partitioned_leader_stops_before_the_standby_leads(
+    api_client: client.ApiClient,
+    cluster: Cluster,
+    operator_kubeconfig: Path,
+    replicas: tuple[str, dict[str, OperatorRunner]],
+    tmp_path: Path,
+) -> None:
+    _, runners = replicas
+    server = yaml.safe_load(operator_kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    proxy = FreezableProxy(server)
+    partitioned = runners["a"]
+    partitioned.kubeconfig = _through(operator_kubeconfig, proxy, tmp_path / "through-proxy")
+    try:
+        partitioned.start()
+        eventually(
+            lambda: True if _leader_gauge(partitioned.process) == 1 else None, what="replica a to lead"
+        )
+        runners["b"].start()
+        cluster.create(tuning_job("before-partition", suspend=True))
+        cluster.job("before-partition-train")
+
+        proxy.frozen.set()  # replica a's requests, the Lease renewal among them, now hang
+        cut = time.monotonic()
+        assert partitioned.popen is not None
+        partitioned.popen.wait(timeout=RENEW_DEADLINE_S + 2 * RETRY_PERIOD_S)
+        stopped = time.monotonic() - cut
+        assert partitioned.popen.returncode == 1
+        assert "was not renewed" in partitioned.process.log.read_text()
+        eventually(
+            lambda: True if _leader_gauge(runners["b"].process) == 1 else None,
+            timeout=LEASE_DURATION_S + 4 * RETRY_PERIOD_S,
+            what="replica b to take the Lease",
+        )
+        led = time.monotonic() - cut
+        print(f"partitioned leader exited after {stopped:.1f}s; the standby led after {led:.1f}s")
+        assert stopped < led  # the old leader had stopped writing before the new one started
+        cluster.create(tuning_job("after-partition", suspend=True))
+        cluster.job("after-partition-train")
+    finally:
+        proxy.close()
