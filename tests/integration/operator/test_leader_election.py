@@ -60,6 +60,21 @@ def _leader_gauge(process: OperatorProcess) -> float | None:
     return float(values[0]) if values else None
 
 
+def _leads(runner: OperatorRunner, timeout: float = 45.0) -> None:
+    eventually(
+        lambda: True if _leader_gauge(runner.process) == 1 else None,
+        timeout=timeout,
+        what="a replica to lead",
+    )
+
+
+def _start_both(runners: dict[str, OperatorRunner]) -> None:
+    """Replica a first, until it leads; then replica b, whose /healthz answers while it waits."""
+    runners["a"].start()
+    _leads(runners["a"])
+    runners["b"].start()
+
+
 class FreezableProxy:
     """A TCP relay to the API server on the same address (its certificate names it) that a test can
     freeze: it keeps every connection open and passes no more bytes, as a partitioned network does."""
@@ -138,9 +153,7 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
 ) -> None:
     lease, runners = replicas
     coordination = client.CoordinationV1Api(api_client)
-    runners["a"].start()
-    eventually(lambda: True if _leader_gauge(runners["a"].process) == 1 else None, what="replica a to lead")
-    runners["b"].start()  # its /healthz answers while it waits
+    _start_both(runners)
     assert coordination.read_namespaced_lease(lease, NAMESPACE).spec.holder_identity == "replica-a"
 
     cluster.create(tuning_job("led-by-a", suspend=True))
@@ -150,11 +163,7 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
 
     runners["a"].kill()
     killed = time.monotonic()
-    eventually(
-        lambda: True if _leader_gauge(runners["b"].process) == 1 else None,
-        timeout=LEASE_DURATION_S + 4 * RETRY_PERIOD_S,
-        what="replica b to take the Lease",
-    )
+    _leads(runners["b"], timeout=LEASE_DURATION_S + 4 * RETRY_PERIOD_S)
     failover = time.monotonic() - killed
     print(f"failover: {failover:.1f}s (lease duration {LEASE_DURATION_S}s)")
     assert coordination.read_namespaced_lease(lease, NAMESPACE).spec.holder_identity == "replica-b"
@@ -173,9 +182,7 @@ def test_a_leader_stopped_by_sigterm_hands_over_at_once(
 ) -> None:
     lease, runners = replicas
     coordination = client.CoordinationV1Api(api_client)
-    runners["a"].start()
-    eventually(lambda: True if _leader_gauge(runners["a"].process) == 1 else None, what="replica a to lead")
-    runners["b"].start()
+    _start_both(runners)
     assert _leader_gauge(runners["b"].process) == 0
 
     stopping = time.monotonic()
@@ -183,11 +190,7 @@ def test_a_leader_stopped_by_sigterm_hands_over_at_once(
     assert runners["a"].popen is not None
     assert runners["a"].popen.returncode == 0  # a clean stop, not the exit of a lost Lease
     assert "gave the Lease up" in runners["a"].process.log.read_text()
-    eventually(
-        lambda: True if _leader_gauge(runners["b"].process) == 1 else None,
-        timeout=4 * RETRY_PERIOD_S,
-        what="replica b to take the given-up Lease",
-    )
+    _leads(runners["b"], timeout=4 * RETRY_PERIOD_S)
     print(f"handover after SIGTERM: {time.monotonic() - stopping:.1f}s")
     assert coordination.read_namespaced_lease(lease, NAMESPACE).spec.holder_identity == "replica-b"
     cluster.create(tuning_job("after-handover", suspend=True))
@@ -222,11 +225,7 @@ def test_a_partitioned_leader_stops_before_the_standby_leads(
         stopped = time.monotonic() - cut
         assert partitioned.popen.returncode == 1
         assert "was not renewed" in partitioned.process.log.read_text()
-        eventually(
-            lambda: True if _leader_gauge(runners["b"].process) == 1 else None,
-            timeout=LEASE_DURATION_S + 4 * RETRY_PERIOD_S,
-            what="replica b to take the Lease",
-        )
+        _leads(runners["b"], timeout=LEASE_DURATION_S + 4 * RETRY_PERIOD_S)
         led = time.monotonic() - cut
         print(f"partitioned leader exited after {stopped:.1f}s; the standby led after {led:.1f}s")
         assert stopped < led  # the old leader had stopped writing before the new one started
