@@ -1,6 +1,7 @@
 """Two operator replicas with leader election on a real Lease: one leads and reconciles, the other
-waits and serves /healthz; the leader SIGKILLed, the standby takes the Lease within the lease
-duration and reconciles what came since; the leader stopped by SIGTERM (a rolling update) gives the
+waits and serves /healthz; the leader SIGKILLed, the standby takes the Lease about a lease duration
+later and reconciles what came since, also in the middle of a burst of 200 TuningJobs (every child
+made once, every status converged); the leader stopped by SIGTERM (a rolling update) gives the
 Lease up and the standby takes it at its next try; a leader cut off from the API server (its
 connections hang) exits before the standby may take the Lease."""
 
@@ -12,8 +13,11 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,11 +25,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubetest import Cluster, OperatorProcess, OperatorRunner, eventually, free_port, tuning_job
 
+from labtune.api import GROUP, VERSION
+
 ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE = "labtune-system"
-LEASE_DURATION_S = 15  # the defaults, as the chart runs them
-RENEW_DEADLINE_S = 10
+LEASE_DURATION_S = 12  # the defaults, as the chart runs them
+RENEW_DEADLINE_S = 8
 RETRY_PERIOD_S = 2
+BURST = 200
 
 
 def _bind_lease_role(api_client: client.ApiClient) -> None:
@@ -175,6 +182,56 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
         "tuningjobs", "led-by-a", lambda s: s.get("state") == "Suspended", "suspended"
     )
     assert status["jobName"] == "led-by-a-train"
+
+
+def _named_jobs(cluster: Cluster) -> dict[str, str]:
+    """TuningJob name -> the Job its status names, for those whose status names one."""
+    items = cluster.custom.list_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "tuningjobs")
+    return {
+        item["metadata"]["name"]: item["status"]["jobName"]
+        for item in items["items"]
+        if (item.get("status") or {}).get("jobName")
+    }
+
+
+def _owners(items: list[Any]) -> Counter[str]:
+    return Counter(ref.name for item in items for ref in item.metadata.owner_references or [])
+
+
+def test_a_burst_of_runs_through_a_failover_makes_every_child_once(
+    cluster: Cluster, replicas: tuple[str, dict[str, OperatorRunner]]
+) -> None:
+    _, runners = replicas
+    _start_both(runners)
+    names = [f"burst-{index:03d}" for index in range(BURST)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        created = pool.map(lambda name: cluster.create(tuning_job(name, suspend=True)), names)
+        named_at_kill = eventually(
+            lambda: len(named) if len(named := _named_jobs(cluster)) >= BURST // 4 else None,
+            timeout=120,
+            what=f"{BURST // 4} TuningJobs to name their Job",
+        )
+        runners["a"].kill()
+        list(created)  # the creations go on through the failover; any error surfaces here
+    print(f"replica a killed with {named_at_kill} of {BURST} TuningJobs reconciled")
+    assert named_at_kill < BURST, "the burst ended before the kill: nothing was left for the standby"
+    _leads(runners["b"], timeout=LEASE_DURATION_S + 4 * RETRY_PERIOD_S)
+
+    named = eventually(
+        lambda: found if len(found := _named_jobs(cluster)) == BURST else None,
+        timeout=180,
+        what=f"all {BURST} TuningJobs to name their Job",
+    )
+    assert named == {name: f"{name}-train" for name in names}
+    for name in names:
+        cluster.status_when("tuningjobs", name, lambda s: s.get("state") == "Suspended", "suspended")
+    selector = "app.kubernetes.io/managed-by=labtune"
+    jobs = cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items
+    config_maps = cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items
+    for kind, children in (("Job", jobs), ("ConfigMap", config_maps)):
+        owners = _owners(children)
+        assert set(owners) == set(names), f"{kind}s owned by {len(owners)} of {BURST} TuningJobs"
+        assert set(owners.values()) == {1}, f"{kind}s made twice: {[n for n, c in owners.items() if c > 1]}"
 
 
 def test_a_leader_stopped_by_sigterm_hands_over_at_once(

@@ -13,7 +13,7 @@ from labtune.operator.settings import LeaderElectionSettings
 
 def test_defaults_are_kubernetes_controllers_timing_and_identities_are_unique() -> None:
     first, second = LeaderElectionSettings(), LeaderElectionSettings()
-    assert (first.lease_duration, first.renew_deadline, first.retry_period) == (15, 10, 2)
+    assert (first.lease_duration, first.renew_deadline, first.retry_period) == (12, 8, 2)
     assert first.identity != second.identity  # a restarted process never passes for its predecessor
 
 
@@ -33,5 +33,5 @@ def test_bad_timing_at_the_command_line_is_one_line_and_starts_nothing() -> None
         main, ["operator", "run", "--leader-election", "--leader-election-renew-deadline", "20"]
     )
     assert result.exit_code == 2
-    assert "renew deadline < lease duration, got 2, 20 and 15 seconds" in result.output
+    assert "renew deadline < lease duration, got 2, 20 and 12 seconds" in result.output
     assert "Traceback" not in result.output
