@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from labtune.generator.pipeline import packaged_path
 from labtune.generator.run import generate
 from labtune_dev.llama import llama_server
 from labtune_dev.models import smollm2_gguf
+from labtune_dev.template_taxonomy import commit_all, git, new_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples/demo"
@@ -38,18 +38,6 @@ DATASETS = ("knowledge.jsonl", "skills.jsonl", "evaluation.jsonl")
 TOPICS = ("bread", "bicycles", "libraries", "bees", "trains", "coffee", "bridges")
 CHANGED = "compositional_skills/writing/slogans/bees/qna.yaml"
 TARGET = 0.15
-
-
-def _git(folder: Path, *args: str) -> str:
-    identity = ["-c", "user.name=labtune", "-c", "user.email=labtune@example.com"]
-    done = subprocess.run(["git", *identity, *args], cwd=folder, check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
-def _commit(folder: Path, message: str) -> str:
-    _git(folder, "add", "-A")
-    _git(folder, "commit", "-q", "-m", message)
-    return _git(folder, "rev-parse", "HEAD")
 
 
 def _slogan_leaf(topic: str) -> str:
@@ -66,14 +54,10 @@ def _slogan_leaf(topic: str) -> str:
 
 def make_taxonomy(where: Path) -> Path:
     """The 10-leaf taxonomy repository (commit A checked in); the document is in a second one."""
-    documents = where / "documents"
-    documents.mkdir(parents=True)
-    _git(documents, "init", "-q", "-b", "main")
+    documents = new_repo(where / "documents")
     (documents / "veltrane.md").write_text((DEMO / "documents/veltrane.md").read_text())
-    document_commit = _commit(documents, "documents")
-    root = where / "taxonomy"
-    root.mkdir()
-    _git(root, "init", "-q", "-b", "main")
+    document_commit = commit_all(documents, "documents")
+    root = new_repo(where / "taxonomy")
     for leaf in sorted((DEMO / "taxonomy").rglob("qna.yaml")):
         target = root / leaf.relative_to(DEMO / "taxonomy")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -83,14 +67,14 @@ def make_taxonomy(where: Path) -> Path:
         leaf = root / f"compositional_skills/writing/slogans/{topic}/qna.yaml"
         leaf.parent.mkdir(parents=True)
         leaf.write_text(_slogan_leaf(topic))
-    _commit(root, "ten leaves")
+    commit_all(root, "ten leaves")
     return root
 
 
 def change_one_leaf(root: Path) -> str:
     leaf = root / CHANGED
     leaf.write_text(leaf.read_text().replace("about bees for a club.", "about bees for a beekeeping club."))
-    return _commit(root, "one leaf changes")
+    return commit_all(root, "one leaf changes")
 
 
 def config(root: Path, commit: str, url: str, out: Path, cache: Path | None, spp: int) -> GenerateConfig:
@@ -139,7 +123,7 @@ def main() -> None:
                 rounds = where / f"round-{number}"
                 root = make_taxonomy(rounds / "repos")
                 first, first_s = timed(
-                    config(root, _git(root, "rev-parse", "HEAD"), url, rounds / "a", rounds / "cache", spp)
+                    config(root, git(root, "rev-parse", "HEAD"), url, rounds / "a", rounds / "cache", spp)
                 )
                 commit = change_one_leaf(root)
                 second, second_s = timed(config(root, commit, url, rounds / "b", rounds / "cache", spp))

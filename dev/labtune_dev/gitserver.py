@@ -37,6 +37,14 @@ class GitServer:
     username: str
     password: str
 
+    def credentials(self, folder: Path) -> Path:
+        """`folder` holding a basic-auth Secret's keys as files (`username`, `password`), as a pod
+        has them mounted."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "username").write_text(self.username)
+        (folder / "password").write_text(self.password)
+        return folder
+
 
 def server_tls(directory: Path, host: str) -> tuple[CertKey, CertKey]:
     """A private CA and a serving certificate for `host` (an IP address or a DNS name)."""

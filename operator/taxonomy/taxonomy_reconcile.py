@@ -81,7 +81,9 @@ def sync_result(view: JobView, pods: list[dict[str, Any]]) -> SyncResult:
     if summary.error_count:
         first = summary.errors[0] if summary.errors else None
         where = f"; first: {first.path}:{first.line or '?'}: {first.message}" if first else ""
-        message = f"{summary.error_count} validation error(s) at {summary.commit[:12]}{where}"
+        # Status holds the first errors only: say where the rest are.
+        rest = f"; all of them in {summary.manifest}" if summary.error_count > len(fields.errors) else ""
+        message = f"{summary.error_count} validation error(s) at {summary.commit[:12]}{where}{rest}"
         failed = (False, "ValidationFailed", message)
         return SyncResult(failed, failed, fields=fields)
     if summary.warning_count:

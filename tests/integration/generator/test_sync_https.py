@@ -56,10 +56,7 @@ def test_sync_over_https(
     bare = git_server.root / "taxonomy.git"
     git.run(tmp_path, "clone", "--quiet", "--mirror", str(root), str(bare))
     git.run(bare, "config", "uploadpack.allowFilter", "true")
-    credentials = tmp_path / "secret"
-    credentials.mkdir()
-    (credentials / "username").write_text(git_server.username)
-    (credentials / "password").write_text(git_server.password)
+    credentials = git_server.credentials(tmp_path / "secret")
     checkout = {
         "url": f"{git_server.url}/taxonomy.git",
         "branch": "feature",

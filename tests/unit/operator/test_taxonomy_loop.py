@@ -153,3 +153,20 @@ def test_what_a_bad_sync_says(
     if result and "errorCount" in result:
         assert status(kube)["errorCount"] == result["errorCount"]
     assert changed[1]  # a message a person can act on, never empty
+
+
+@pytest.mark.parametrize(("errors", "listed"), [(1, 1), (200, 50)])
+def test_validation_errors_beyond_the_status_list_point_at_the_manifest(
+    kube: FakeKube, errors: int, listed: int
+) -> None:
+    reconcile(kube, 0)
+    (job,) = sync_jobs(kube)
+    finish(kube, job, summary(errors=errors) | {"errors": summary(errors=min(errors, 60))["errors"]})
+    changed = reconcile(kube, 1)
+    assert changed is not None
+    got = status(kube)
+    assert (got["errorCount"], len(got["errors"])) == (errors, listed)
+    assert changed[1].startswith(
+        f"{errors} validation error(s) at {COMMIT[:12]}; first: knowledge/a/qna.yaml:4"
+    )
+    assert changed[1].endswith(f"; all of them in {MANIFEST}") == (errors > listed)

@@ -1,0 +1,74 @@
+"""A taxonomy of 2,100 leaves (labtune_dev.template_taxonomy) through `labtune taxonomy sync` as the
+Taxonomy pod runs it, over https from a git server on loopback: the termination summary fits the
+kubelet's 4 KiB with exact counts, the manifest on the artifact volume holds every leaf and every
+error; `labtune taxonomy diff` finds the same changed leaves."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labtune.contract.common import SUMMARY_LIMIT_BYTES, resolve_artifact
+from labtune.contract.taxonomy_sync import LeafManifest, TaxonomySyncSummary
+from labtune_dev.template_taxonomy import (
+    BASE_BRANCH,
+    INVALID_VERSION,
+    LABTUNE,
+    TaxonomyShape,
+    make_taxonomy,
+    publish,
+    sync_command,
+    sync_config,
+)
+
+if TYPE_CHECKING:
+    from labtune_dev.gitserver import GitServer
+
+# More errors and changed leaves than the Taxonomy's status holds (50 and 256).
+SHAPE = TaxonomyShape(leaves=2100, added=100, edited=200, invalid=80)
+
+
+def test_a_2100_leaf_taxonomy_syncs_validates_and_diffs(git_server: GitServer, tmp_path: Path) -> None:
+    taxonomy = make_taxonomy(tmp_path / "repos", SHAPE, documents_url=f"{git_server.url}/documents.git")
+    publish(taxonomy, git_server.root)
+    config = sync_config(git_server, tmp_path)
+
+    run = subprocess.run(sync_command(config, tmp_path), capture_output=True, text=True)
+
+    assert run.returncode == 0, run.stderr
+    text = Path(config.termination_log).read_bytes()
+    assert len(text) <= SUMMARY_LIMIT_BYTES
+    summary = TaxonomySyncSummary.model_validate_json(text)
+    assert summary.commit == taxonomy.commit
+    assert summary.leaf_counts == taxonomy.counts()
+    assert summary.leaf_counts.total == SHAPE.leaves
+    assert summary.changed_leaf_count == len(taxonomy.changed) == SHAPE.added + SHAPE.edited
+    assert summary.error_count == len(taxonomy.invalid) == SHAPE.invalid
+    assert summary.warning_count == 0
+    # The lists are the first ones, cut to fit; the counts stay exact.
+    assert summary.changed_leaves == taxonomy.changed[: len(summary.changed_leaves)]
+    assert [e.path for e in summary.errors] == taxonomy.invalid[: len(summary.errors)]
+    assert summary.changed_leaves
+    assert summary.errors
+    assert summary.manifest == config.manifest
+
+    manifest = LeafManifest.model_validate_json(
+        resolve_artifact(config.manifest, config.artifact_root).read_text()
+    )
+    assert manifest.commit == taxonomy.commit
+    assert manifest.leaf_counts == taxonomy.counts()
+    assert {leaf.path: leaf.leaf_type for leaf in manifest.leaves} == taxonomy.leaves
+    assert sorted(leaf.path for leaf in manifest.leaves if leaf.changed) == taxonomy.changed
+    errors = {leaf.path: leaf.errors for leaf in manifest.leaves if leaf.errors}
+    assert sorted(errors) == taxonomy.invalid
+    assert all(len(issues) == 1 for issues in errors.values())
+    assert all(f"version {INVALID_VERSION} is not supported" in i[0].message for i in errors.values())
+
+    diff = subprocess.run(
+        [LABTUNE, "taxonomy", "diff", str(taxonomy.root), "--base", BASE_BRANCH],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert diff.stdout.split() == taxonomy.changed
