@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from labtune.contract import EXIT_CONFIG_ERROR, EXIT_FAILED, ConfigError, load_config, write_summary
-from labtune.contract.common import check_termination_log
+from labtune.contract.common import ContractModel, check_termination_log
 from labtune.contract.generate import GenerateConfig
 from labtune.contract.taxonomy_sync import TaxonomySyncConfig
 
@@ -159,19 +159,42 @@ def sync(config_path: Path) -> None:
 
 @click.command()
 @_config_option
-def generate(config_path: Path) -> None:
+@click.option(
+    "--shard",
+    "shard",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="INDEX",
+    help="Generate only shard INDEX of a run split in `shards` (its leaves, into the checkpoints).",
+)
+@click.option("--mix", is_flag=True, help="Mix the finished shards of a split run into the datasets.")
+@click.option(
+    "--plan", is_flag=True, help="Print how the leaves split across `shards` (JSON) and generate nothing."
+)
+def generate(config_path: Path, shard: int | None, mix: bool, plan: bool) -> None:
     """The SyntheticDataRun's pod: generate the phase datasets from a taxonomy with a teacher."""
+    from labtune.generator import run
     from labtune.generator.generator_metrics import GeneratorMetrics
     from labtune.generator.gitrepo import GitError
-    from labtune.generator.run import GenerationError
-    from labtune.generator.run import generate as run_generate
     from labtune.generator.teacher import TeacherError
 
+    if (shard is not None) + mix + plan > 1:
+        raise click.UsageError("--shard, --mix and --plan are different steps: give one of them")
     _logging()
-    with _pod_errors(GitError, TeacherError, GenerationError):
+    with _pod_errors(GitError, TeacherError, run.GenerationError):
         config = load_config(config_path, GenerateConfig)
+        if plan:
+            click.echo(run.plan_shards(config).model_dump_json(indent=1))
+            return
         check_termination_log(config.termination_log)
+        if (shard is not None or mix) and config.shards == 1:
+            raise ConfigError("the run is not split in shards (shards: 1): run it without --shard or --mix")
         metrics = GeneratorMetrics()
         metrics.serve(config.metrics_port)  # at once: a port in use fails before any work
-        summary = run_generate(config, metrics=metrics)
+        if mix:
+            summary: ContractModel = run.mix_shards(config)
+        elif shard is not None:
+            summary = run.generate_shard(config, shard, metrics=metrics)
+        else:
+            summary = run.generate(config, metrics=metrics)
         click.echo(write_summary(summary, config.termination_log))

@@ -5,6 +5,7 @@ pipeline per leaf with checkpoints, mix the phase datasets and write them with a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,10 +34,11 @@ from labtune.contract.generate import (
     GenerateSummary,
     LeafSummary,
     PipelineRef,
+    ShardSummary,
     TeacherConfig,
 )
 from labtune.contract.records import Record, SampleMetadata, record_id
-from labtune.generator import gitrepo, holdout, pipeline
+from labtune.generator import gitrepo, holdout, pipeline, shards
 from labtune.generator.checkpoints import LeafCheckpoint, LeafResult
 from labtune.generator.choices import to_choices
 from labtune.generator.chunking import TokenCounter, approximate_tokens
@@ -49,7 +51,7 @@ from labtune.generator.mixing import AUXILIARY, GENERATED, Mixed, mix
 from labtune.generator.pipeline import AuxiliaryFlow, Flow, GenerateBlock, Pipeline, SampleTemplate
 from labtune.generator.seeds import KnowledgeQna, auxiliary_rows, chunk_rows, rows_for
 from labtune.generator.taxonomy_scan import EMPTY_BASE, scan
-from labtune.generator.teacher import Teacher, make_teacher
+from labtune.generator.teacher import Completion, CompletionRequest, Teacher, make_teacher
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,9 @@ async def run_flow(
     hit = cached.get(model) if cached else None
     if hit is not None:
         log.info("leaf %s: reused from the leaf cache, %d samples", job.path, hit[0].samples)
+        # Into the run's own folder as a generated leaf is: a resumed pod and the mix step of a
+        # sharded run read it there, whatever the cache evicts meanwhile.
+        checkpoint.finish(*hit)
         return hit
     counts, rows = checkpoint.resume() or ([], job.rows)
     if counts:
@@ -521,14 +526,14 @@ def load_choice_pipeline(config: GenerateConfig) -> Pipeline | None:
 
 @dataclass(frozen=True)
 class _Leaf:
-    """A selected leaf that passed validation, with its documents read and its held-out seed
-    examples taken out of `contents`."""
+    """A selected leaf that passed validation, with its held-out seed examples taken out of
+    `contents`, and its documents once they are read."""
 
     path: str
     leaf_type: LeafType
     contents: dict[str, Any]
-    documents: list[Document]
     held_out: holdout.HoldOut
+    documents: list[Document] = field(default_factory=list)
 
 
 def _hold_out(
@@ -556,11 +561,9 @@ def _hold_out(
     return splits
 
 
-def _select(
-    config: GenerateConfig, root: Path, base: str, flow_pipeline: Pipeline, documents_cache: Path
-) -> list[_Leaf]:
-    """The leaves to generate for; a ConfigError when one is invalid, the pipeline has no flow for
-    it or its documents cannot be read, or when there is none."""
+def _select(config: GenerateConfig, root: Path, base: str, flow_pipeline: Pipeline) -> list[_Leaf]:
+    """The leaves to generate for, in the taxonomy's order, without their documents; a ConfigError
+    when one is invalid, the pipeline has no flow for it, or when there is none."""
     result = scan(root, base=base, include=config.include, exclude=config.exclude, validate="changed")
     selected = {f.path: f for f in result.report.files if f.path in set(result.changed)}
     errors = [(f.path, i) for f in selected.values() for i in f.errors]
@@ -576,15 +579,41 @@ def _select(
     for _, leaf_type, _ in leaves:
         flow_pipeline.flow(leaf_type)  # a pipeline without a flow for the leaf fails now, not mid-run
     splits = _hold_out(config, leaves)  # before any document is fetched: it costs nothing to check
-    selection = []
-    for (path, leaf_type, contents), split in zip(leaves, splits, strict=True):
-        documents = (
-            fetch(DocumentSource.model_validate(contents["document"]), documents_cache, config.taxonomy)
-            if leaf_type == "knowledge"
-            else []
-        )
-        selection.append(_Leaf(path, leaf_type, split.contents, documents, split))
-    return selection
+    return [
+        _Leaf(path, leaf_type, split.contents, split)
+        for (path, leaf_type, _), split in zip(leaves, splits, strict=True)
+    ]
+
+
+def _documents(config: GenerateConfig, leaf: _Leaf, cache: Path) -> list[Document]:
+    """A knowledge leaf's documents, read (a ConfigError when they cannot be)."""
+    if leaf.leaf_type != "knowledge":
+        return []
+    return fetch(DocumentSource.model_validate(leaf.contents["document"]), cache, config.taxonomy)
+
+
+def _with_documents(config: GenerateConfig, leaves: list[_Leaf], cache: Path) -> list[_Leaf]:
+    return [dataclasses.replace(leaf, documents=_documents(config, leaf, cache)) for leaf in leaves]
+
+
+def _weights(config: GenerateConfig, leaves: list[_Leaf], cache: Path) -> dict[str, int]:
+    """Each leaf's expected work: its seed rows (its chunks times its seeds for knowledge, its seeds
+    for skills), chunked at about four characters per token so that every shard computes the same
+    figures without a tokenizer; one leaf's documents are in memory at a time."""
+    weights = {}
+    for leaf in leaves:
+        rows = rows_for(
+            leaf.leaf_type, leaf.contents, _documents(config, leaf, cache), approximate_tokens,
+            config.scale.chunk_tokens,
+        )  # fmt: skip
+        weights[leaf.path] = len(rows)
+    return weights
+
+
+def _shard_of(config: GenerateConfig, index: int, leaves: list[_Leaf], cache: Path) -> list[_Leaf]:
+    """The leaves of shard `index`."""
+    split = shards.assign(_weights(config, leaves, cache), config.shards)
+    return [leaf for leaf in leaves if split[leaf.path] == index]
 
 
 def _jobs(
@@ -655,14 +684,18 @@ def _auxiliary_jobs(
     return _document_jobs(leaves, rows, flow.model_dump_json(), flow_pipeline.system, scale.seed, teacher)
 
 
-async def generate_async(
-    config: GenerateConfig, *, teacher: Teacher | None = None, metrics: GeneratorMetrics | None = None
-) -> GenerateSummary:
-    """Runs the generation; a teacher may be handed in (tests, benchmarks), else it is made from
-    the config. Raises ConfigError, TeacherError, GitError or GenerationError."""
-    metrics = metrics or GeneratorMetrics()
-    # The config and everything it names are checked before a teacher is made (it may load a model)
-    # and before the output folder is touched: a bad config fails in seconds and leaves no trace.
+@dataclass(frozen=True)
+class _Setup:
+    """What a run checks before it makes a teacher (it may load a model) or touches its output
+    folder: a bad config fails in seconds and leaves no trace."""
+
+    flow_pipeline: Pipeline
+    choice_pipeline: Pipeline | None
+    output: Path
+    cache: LeafCache | None
+
+
+def _setup(config: GenerateConfig) -> _Setup:
     flow_pipeline = load_pipeline(config.pipeline, config.artifact_root)
     choice_pipeline = load_choice_pipeline(config)
     output = output_path(config.output, config.artifact_root, "output")
@@ -677,52 +710,280 @@ async def generate_async(
     )
     for replay in config.mixing.replay:  # read again for mixing, hours later: a bad line fails now
         read_replay(resolve_artifact(replay.uri, config.artifact_root), replay.uri)
+    return _Setup(flow_pipeline, choice_pipeline, output, cache)
+
+
+def _checkout(
+    config: GenerateConfig, setup: _Setup, pick: Callable[[list[_Leaf], Path], list[_Leaf]] | None
+) -> tuple[str, list[_Leaf], list[_Leaf]]:
+    """The pinned commit, every selected leaf, and those `pick`ed (None: none) with their documents."""
     base = config.base if config.leaves == "changed" else EMPTY_BASE
     with tempfile.TemporaryDirectory(prefix="labtune-generate-") as workdir:
         root = Path(workdir) / "taxonomy"
         commit = gitrepo.clone(config.taxonomy, root, base=base)
-        leaves = _select(config, root, base, flow_pipeline, Path(workdir) / "documents")
+        leaves = _select(config, root, base, setup.flow_pipeline)
+        documents = Path(workdir) / "documents"
+        picked = _with_documents(config, pick(leaves, documents), documents) if pick else []
+    return commit, leaves, picked
+
+
+@dataclass
+class _Flows:
+    """The flows of a run over its leaves, finished."""
+
+    run: _Run
+    results: list[LeafResult]
+    samples: list[Record]
+    failures: list[LeafFailure]
+    choice_leaves: int
+    """Knowledge leaves the multiple-choice flow ran over."""
+
+
+async def _run_flows(
+    config: GenerateConfig,
+    setup: _Setup,
+    commit: str,
+    leaves: list[_Leaf],
+    teacher: Teacher | None,
+    metrics: GeneratorMetrics,
+) -> tuple[_Flows, dict[str, list[LeafJob]]]:
+    """Every flow over `leaves` (with their documents), side by side on one teacher, and the flows'
+    jobs by checkpoint folder (training, choices, auxiliary)."""
     owned = teacher is None
     teacher = teacher or make_teacher(config.teacher, config.artifact_root, metrics)
     try:
         count = token_counter(config.teacher, config.artifact_root, teacher)
         who = teacher_identity(config.teacher, teacher)
-        jobs = _jobs(config, leaves, flow_pipeline, count, who)
-        choice_jobs = _choice_jobs(config, leaves, choice_pipeline, count, who) if choice_pipeline else []
-        auxiliary_jobs = _auxiliary_jobs(config, leaves, flow_pipeline, count, who)
-        output.mkdir(parents=True, exist_ok=True)
-        metrics.leaves_total.set(len(jobs))
+        choice_pipeline = setup.choice_pipeline
+        jobs = {
+            TRAINING: _jobs(config, leaves, setup.flow_pipeline, count, who),
+            "choices": _choice_jobs(config, leaves, choice_pipeline, count, who) if choice_pipeline else [],
+            "auxiliary": _auxiliary_jobs(config, leaves, setup.flow_pipeline, count, who),
+        }
+        setup.output.mkdir(parents=True, exist_ok=True)
+        metrics.leaves_total.set(len(jobs[TRAINING]))
         run = _Run(
             config,
-            flow_pipeline,
+            setup.flow_pipeline,
             teacher,
             metrics,
             commit,
-            output,
-            held_out=[leaf.held_out.report(leaf.path) for leaf in leaves if leaf.held_out.seed_indexes],
-            evaluation=[example for leaf in leaves for example in leaf.held_out.examples],
+            setup.output,
+            held_out=[],
+            evaluation=[],
             choice_pipeline=choice_pipeline,
-            cache=cache,
+            cache=setup.cache,
         )
         trained: list[tuple[list[LeafResult], list[Record], list[LeafFailure]]] = []
 
         async def training() -> None:
-            trained.append(await run.leaves(jobs))
+            trained.append(await run.leaves(jobs[TRAINING]))
 
-        await side_by_side(training(), run.choices(choice_jobs), run.auxiliaries(auxiliary_jobs))
-        results, samples, failures = trained[0]
+        await side_by_side(training(), run.choices(jobs["choices"]), run.auxiliaries(jobs["auxiliary"]))
     finally:
         if owned:
             await teacher.aclose()
-    problem = _run_problem(config, len(jobs), results, failures, choice_jobs, run)
-    mixed = None if problem else run.mix(samples)
-    run.write_report(results, failures, mixed)
-    if cache:
-        cache.prune()
+    return _Flows(run, *trained[0], choice_leaves=len(jobs["choices"])), jobs
+
+
+def _finish(config: GenerateConfig, setup: _Setup, flows: _Flows, leaves: list[_Leaf]) -> GenerateSummary:
+    """The report, the leaf cache's bound and the datasets of finished flows over every leaf;
+    GenerationError when they make no datasets."""
+    run = flows.run
+    run.held_out = [leaf.held_out.report(leaf.path) for leaf in leaves if leaf.held_out.seed_indexes]
+    # Every selected leaf's, skipped ones too: the set depends on the taxonomy and the seed only.
+    run.evaluation = [example for leaf in leaves for example in leaf.held_out.examples]
+    problem = _run_problem(config, len(leaves), flows.results, flows.failures, flows.choice_leaves, run)
+    mixed = None if problem else run.mix(flows.samples)
+    run.write_report(flows.results, flows.failures, mixed)
+    if setup.cache:
+        setup.cache.prune()
     if problem:
         raise problem
     assert mixed is not None
-    return run.write_datasets(results, samples, failures, mixed)
+    return run.write_datasets(flows.results, flows.samples, flows.failures, mixed)
+
+
+async def generate_async(
+    config: GenerateConfig, *, teacher: Teacher | None = None, metrics: GeneratorMetrics | None = None
+) -> GenerateSummary:
+    """Runs the generation; a teacher may be handed in (tests, benchmarks), else it is made from
+    the config. Raises ConfigError, TeacherError, GitError or GenerationError."""
+    if config.shards > 1:
+        raise ConfigError(
+            f"this run is split in {config.shards} shards: run `labtune generate --shard INDEX` for each "
+            "index from 0 (in an Indexed Job, JOB_COMPLETION_INDEX), then `labtune generate --mix`"
+        )
+    setup = _setup(config)
+    commit, leaves, with_documents = _checkout(config, setup, lambda all_leaves, _: all_leaves)
+    flows, _ = await _run_flows(config, setup, commit, with_documents, teacher, metrics or GeneratorMetrics())
+    return _finish(config, setup, flows, leaves)
+
+
+async def generate_shard_async(
+    config: GenerateConfig,
+    index: int,
+    *,
+    teacher: Teacher | None = None,
+    metrics: GeneratorMetrics | None = None,
+) -> ShardSummary:
+    """Runs shard `index` of a sharded run: its leaves' flows into the run's checkpoints, and its
+    outcome for the mix step. A leaf that yields nothing fails the shard under FailRun, as it fails
+    a one-pod run."""
+    if not 0 <= index < config.shards:
+        raise ConfigError(
+            f"shard index {index} is not one of the run's {config.shards} (0 to {config.shards - 1})"
+        )
+    metrics = metrics or GeneratorMetrics()
+    setup = _setup(config)
+    commit, _, mine = _checkout(config, setup, partial(_shard_of, config, index))
+    flows, jobs = await _run_flows(config, setup, commit, mine, teacher, metrics)
+    if flows.failures and config.leaf_failure_policy == "FailRun":
+        raise _run_problem(config, len(mine), flows.results, flows.failures, 0, flows.run) or AssertionError()
+    run = flows.run
+    outcome = shards.ShardOutcome(
+        index=index,
+        count=config.shards,
+        config_digest=shards.config_digest(config),
+        teacher_model=run.teacher.model_name,
+        leaves=[leaf.path for leaf in mine],
+        flows={
+            folder: shards.FlowOutcome(
+                done={r.path: fingerprints[r.path] for r in results},
+                failures=failures,
+                reused=run.reuse.get(folder, (0, 0))[0],
+            )
+            for folder, results, failures, fingerprints in (
+                (TRAINING, flows.results, flows.failures, _fingerprints(jobs[TRAINING])),
+                ("choices", run.choice_results, run.choice_failures, _fingerprints(jobs["choices"])),
+                (
+                    "auxiliary",
+                    run.auxiliary_results,
+                    run.auxiliary_failures,
+                    _fingerprints(jobs["auxiliary"]),
+                ),
+            )
+        },
+        prompt_tokens=metrics.prompt_tokens,
+        completion_tokens=metrics.completion_tokens,
+    )
+    shards.write_outcome(setup.output, outcome)
+    return ShardSummary(
+        index=index,
+        shards=config.shards,
+        leaves_done=len(flows.results),
+        leaves_total=len(mine),
+        samples_generated=sum(_generated(r, setup.flow_pipeline) for r in flows.results),
+        samples_kept=len(flows.samples) + len(run.auxiliary),
+        failed_leaf_count=len(flows.failures),
+        outcome=f"{config.output.rstrip('/')}/{shards.outcome_path(Path(), index).as_posix()}",
+    )
+
+
+def plan_shards(config: GenerateConfig) -> shards.ShardPlan:
+    """How the run's leaves split across its shards, with each one's expected work (what every
+    shard computes for itself), without a teacher. Raises ConfigError or GitError."""
+    setup = _setup(config)
+    weights: dict[str, int] = {}
+
+    def weigh(leaves: list[_Leaf], cache: Path) -> list[_Leaf]:
+        weights.update(_weights(config, leaves, cache))
+        return []  # no leaf's documents are kept
+
+    _checkout(config, setup, weigh)
+    return shards.plan(weights, config.shards)
+
+
+def _fingerprints(jobs: list[LeafJob]) -> dict[str, str]:
+    return {job.path: job.fingerprint for job in jobs}
+
+
+@dataclass(frozen=True)
+class _ShardsTeacher:
+    """The mix step's teacher: it names the model the shards asked, and is asked nothing."""
+
+    model_name: str
+
+    async def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        raise AssertionError("the mix step asks the teacher nothing: every leaf is checkpointed")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _merged(outcomes: list[shards.ShardOutcome], folder: str) -> shards.FlowOutcome:
+    merged = shards.FlowOutcome()
+    for outcome in outcomes:
+        flow = outcome.flows.get(folder, shards.FlowOutcome())
+        merged.done.update(flow.done)
+        merged.failures.extend(flow.failures)
+        merged.reused += flow.reused
+    return merged
+
+
+def _read_flow(
+    root: Path, leaves: list[_Leaf], flow: shards.FlowOutcome, model: type[SampleT]
+) -> tuple[list[LeafResult], list[SampleT]]:
+    """A flow's finished leaves from their checkpoints, in the taxonomy's order, as the flow
+    itself returns them."""
+    results, samples = [], []
+    for leaf in leaves:
+        if leaf.path not in flow.done:
+            continue
+        checkpoint = LeafCheckpoint(root, leaf.path, flow.done[leaf.path])
+        result = checkpoint.result()
+        if result is None:
+            raise GenerationError(
+                f"leaf {leaf.path}: its shard finished it, but {checkpoint.folder} has no result"
+            )
+        results.append(result)
+        samples.extend(checkpoint.samples(model))
+    return results, samples
+
+
+def mix_shards(config: GenerateConfig) -> GenerateSummary:
+    """The mix step of a sharded run: every leaf from the checkpoint its shard made, mixed and
+    written through the one-pod run's own code. Raises ConfigError, GitError or GenerationError
+    (a shard has not finished)."""
+    setup = _setup(config)
+    try:
+        outcomes = shards.read_outcomes(setup.output, config)
+    except shards.ShardsNotFinished as error:
+        raise GenerationError(str(error)) from None
+    commit, leaves, _ = _checkout(config, setup, None)
+    metrics = GeneratorMetrics()
+    metrics.prompt_tokens = sum(o.prompt_tokens for o in outcomes)
+    metrics.completion_tokens = sum(o.completion_tokens for o in outcomes)
+    run = _Run(
+        config,
+        setup.flow_pipeline,
+        _ShardsTeacher(outcomes[0].teacher_model),
+        metrics,
+        commit,
+        setup.output,
+        held_out=[],
+        evaluation=[],
+        choice_pipeline=setup.choice_pipeline,
+        cache=setup.cache,
+    )
+    checkpoints = setup.output / "checkpoints"
+    flows = {folder: _merged(outcomes, folder) for folder in (TRAINING, "choices", "auxiliary")}
+    for folder, flow in flows.items():
+        if jobs := len(flow.done) + len(flow.failures):
+            run.reuse[folder] = (flow.reused, jobs - flow.reused)
+    order = {leaf.path: position for position, leaf in enumerate(leaves)}
+    results, samples = _read_flow(checkpoints, leaves, flows[TRAINING], Record)
+    failures = sorted(flows[TRAINING].failures, key=lambda f: order[f.path])
+    run.choice_results, run.questions = _read_flow(
+        checkpoints / "choices", leaves, flows["choices"], ChoiceExample
+    )
+    run.choice_failures = sorted(flows["choices"].failures, key=lambda f: f.path)
+    run.auxiliary_results, run.auxiliary = _read_flow(
+        checkpoints / "auxiliary", leaves, flows["auxiliary"], Record
+    )
+    run.auxiliary_failures = sorted(flows["auxiliary"].failures, key=lambda f: f.path)
+    choice_leaves = len(flows["choices"].done) + len(flows["choices"].failures)
+    return _finish(config, setup, _Flows(run, results, samples, failures, choice_leaves), leaves)
 
 
 def _run_problem(
@@ -730,7 +991,7 @@ def _run_problem(
     leaves: int,
     results: list[LeafResult],
     failures: list[LeafFailure],
-    choice_jobs: list[LeafJob],
+    choice_leaves: int,
     run: _Run,
 ) -> GenerationError | None:
     """Why the finished flows make no datasets, if they do not."""
@@ -741,9 +1002,9 @@ def _run_problem(
             f"{len(failures)} of {leaves} leaves produced nothing{skip}: "
             + "; ".join(f.reason for f in failures)
         )
-    if choice_jobs and not run.questions:
+    if choice_leaves and not run.questions:
         return GenerationError(
-            f"evaluation.multipleChoice: no question survived the pipeline in any of the {len(choice_jobs)} "
+            f"evaluation.multipleChoice: no question survived the pipeline in any of the {choice_leaves} "
             "knowledge leaves (see report.json); first: " + run.choice_failures[0].reason
         )
     return None
@@ -754,3 +1015,14 @@ def generate(
 ) -> GenerateSummary:
     """generate_async, run to completion."""
     return asyncio.run(generate_async(config, teacher=teacher, metrics=metrics))
+
+
+def generate_shard(
+    config: GenerateConfig,
+    index: int,
+    *,
+    teacher: Teacher | None = None,
+    metrics: GeneratorMetrics | None = None,
+) -> ShardSummary:
+    """generate_shard_async, run to completion."""
+    return asyncio.run(generate_shard_async(config, index, teacher=teacher, metrics=metrics))

@@ -1,6 +1,7 @@
 """A small scripted OpenAI-compatible HTTP server on loopback (chat and completions), for the
-teacher client's tests and the judge's: what it replies, which statuses, how slowly, and what
-it was asked."""
+teacher client's tests, the judge's, and the sharded generation benchmark (an endpoint with
+spare capacity: a thread per request): what it replies, which statuses, how slowly, and what it
+was asked."""
 
 from __future__ import annotations
 

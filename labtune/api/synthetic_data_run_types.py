@@ -272,6 +272,12 @@ class SyntheticDataRunTemplateSpec(BatchSpec):
     failed ones in `status.failedLeaves`. A run where every leaf fails always fails."""
     cache: CacheSpec = Field(default_factory=CacheSpec)
     """Reuse of the leaves earlier runs generated from the same inputs."""
+    parallelism: Annotated[int, Field(ge=1, le=64)] = 1
+    """Generator pods at once. Above 1, an Indexed Job splits the leaves across its pods,
+    balanced by expected work (each pod with its own vLLM sidecar when the teacher is a model, or
+    sharing the endpoint, each at `scale.maxConcurrency`), then one pod mixes the shards into the
+    datasets: the same datasets as with 1 for a deterministic teacher. A failing pod is retried
+    alone, up to `backoffLimit` times per index."""
 
 
 class SyntheticDataRunSpec(SyntheticDataRunTemplateSpec):

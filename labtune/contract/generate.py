@@ -109,6 +109,7 @@ class MultipleChoiceConfig(ContractModel):
 
 
 DEFAULT_LEAF_CACHE_BYTES = 50 * 2**30
+MAX_SHARDS = 64
 
 
 class LeafCacheConfig(ContractModel):
@@ -148,6 +149,10 @@ class GenerateConfig(PodConfig):
     """A leaf that yields no sample fails the run, or is skipped and listed (never every leaf)."""
     cache: LeafCacheConfig | None = None
     """The leaf cache; every leaf asks the teacher when unset."""
+    shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1
+    """Pods the leaves are split across (SyntheticDataRun `parallelism`): each runs
+    `labtune generate --shard INDEX` (in an Indexed Job, JOB_COMPLETION_INDEX), then one
+    `labtune generate --mix` writes the datasets, the same bytes as with 1."""
 
     @model_validator(mode="after")
     def _one_hold_out_setting(self) -> GenerateConfig:
@@ -188,3 +193,18 @@ class GenerateSummary(ContractModel):
     failed_leaf_count: int = 0
     cost: GenerationCost = Field(default_factory=GenerationCost)
     """Leaves reused from the cache or generated, and the teacher tokens this run spent."""
+
+
+class ShardSummary(ContractModel):
+    """The termination-log summary of one shard (`labtune generate --shard INDEX`)."""
+
+    kind: Literal["Shard"] = "Shard"
+    index: int
+    shards: int
+    leaves_done: int = 0
+    leaves_total: int = 0
+    samples_generated: int = 0
+    samples_kept: int = 0
+    failed_leaf_count: int = 0
+    outcome: str
+    """Artifact URI of the shard's outcome, which the mix step reads."""

@@ -47,9 +47,12 @@ def build_job(
     batch: BatchSpec | None,
     *,
     completions: int = 1,
+    retries_per_index: bool = False,
 ) -> dict[str, Any]:
     """A Job running the pod template; more than one completion makes it an Indexed Job whose pods
-    all run at once (one per node of a distributed run)."""
+    all run at once (one per node of a distributed run, or one per shard). `retries_per_index`:
+    each index has the whole backoff limit and a failing one is retried alone (the others go on);
+    otherwise the limit counts every pod's failures."""
     spec: dict[str, Any] = {
         "template": dict(template),
         "completions": completions,
@@ -62,7 +65,10 @@ def build_job(
     if batch is not None:
         # A Job for a Kueue LocalQueue starts suspended: Kueue admits it by unsuspending it.
         spec["suspend"] = batch.suspend or KUEUE_QUEUE in (metadata.get("labels") or {})
-        spec["backoffLimit"] = batch.backoff_limit
+        if retries_per_index and completions > 1:
+            spec["backoffLimitPerIndex"] = batch.backoff_limit  # backoffLimit: unlimited then
+        else:
+            spec["backoffLimit"] = batch.backoff_limit
         if batch.active_deadline_seconds is not None:
             spec["activeDeadlineSeconds"] = batch.active_deadline_seconds
         if batch.ttl_seconds_after_finished is not None:

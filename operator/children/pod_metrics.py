@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +20,15 @@ class Samples:
     def get(self, name: str) -> float | None:
         return self.values.get(name)
 
+    @classmethod
+    def sum(cls, parts: Sequence[Samples]) -> Samples:
+        """The values of several pods' parts of one run added up (a sharded run's counts)."""
+        values: dict[str, float] = {}
+        for part in parts:
+            for name, value in part.values.items():
+                values[name] = values.get(name, 0.0) + value
+        return cls(values)
+
 
 def parse(text: str) -> Samples:
     values: dict[str, float] = {}
@@ -32,7 +41,10 @@ def parse(text: str) -> Samples:
                 if sample.value == 1:
                     labels[family.name] = sample.labels
             else:
-                values[family.name.removesuffix("_total")] = sample.value  # counters by their base name
+                # Counters (and untyped samples, by the naming convention) by their base name; a
+                # gauge by its own: `labtune_generator_leaves_total` is a gauge, not `…_leaves`.
+                counter = family.type in ("counter", "unknown")
+                values[family.name.removesuffix("_total") if counter else family.name] = sample.value
     return Samples(values, labels)
 
 

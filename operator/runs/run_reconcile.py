@@ -8,7 +8,7 @@ adopts what it made before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -119,10 +119,22 @@ class RunKind(Protocol):
 
     resource: type[Resource]
     status_model: type[RunStatusBase]
+    every_pod_reports: bool
+    """Each pod of a Job reports its own part of the run (a sharded run's shards, summed; a finished
+    pod by its summary's `summary_metrics`), rather than pod 0 for the whole run."""
+    summary_metrics: Mapping[str, str]
+    """A pod summary's fields (camelCase) by the metric each stands for once the pod finished."""
 
     def plan(
         self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
     ) -> Plan | Waiting | CannotRun: ...
+
+    def next_step(
+        self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings, finished_job: str
+    ) -> Plan | Waiting | None:
+        """The step that follows the Job that succeeded (a sharded run's mix), why it cannot
+        start, or None when the run ends with that Job."""
+        ...
 
     def finished(self, summary: str) -> Finished:
         """The run's end from the pod's termination summary; ValueError when it is not valid."""
@@ -132,8 +144,8 @@ class RunKind(Protocol):
         """GPUs the run's pods hold together, for GPU-seconds accounting."""
         ...
 
-    def progress(self, samples: Samples) -> RunStatusBase | None:
-        """Status fields from a running pod's metrics (None: they say nothing yet)."""
+    def progress(self, samples: Sequence[Samples]) -> RunStatusBase | None:
+        """Status fields from the pods' metrics, pod 0 first (None: they say nothing yet)."""
         ...
 
 
@@ -303,6 +315,19 @@ def reconcile_run(
         merge(status, plan.pinned)
         status.job_name = plan.job_name
         status.start_time = old.start_time or timestamp
+
+    if view.complete:
+        step = kind.next_step(kube, body, settings, view.name)
+        if isinstance(step, Waiting):
+            outcome = RunOutcome("Waiting", step.reason, step.message, stalled=step.stalled)
+            return _write(kube, store, kind, body, old, status, outcome, timestamp)
+        if step is not None:
+            made = create_children(kube, step.children)
+            if isinstance(made, Refusal):
+                outcome = RunOutcome("Waiting", made.reason, made.message, stalled=made.lasting)
+                return _write(kube, store, kind, body, old, status, outcome, timestamp)
+            view = store.put_job(made)
+            status.job_name = step.job_name
 
     want_suspend = bool(spec.get("suspend"))
     workload = kube.job_workload(namespace, view.uid) if view.queue and view.uid else None

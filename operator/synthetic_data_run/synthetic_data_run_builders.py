@@ -18,7 +18,7 @@ from labtune.contract.generate import (
     TeacherConfig,
 )
 from labtune.contract.taxonomy_sync import GitCheckout
-from labtune.operator.children.child_names import child_labels, child_metadata, child_name
+from labtune.operator.children.child_names import child_labels, child_metadata, child_name, dns_label_name
 from labtune.operator.children.job_builders import build_config_map, build_job
 from labtune.operator.children.pod_template import (
     CONFIG_PATH,
@@ -33,6 +33,7 @@ from labtune.operator.children.pod_template import (
 from labtune.operator.settings import OperatorSettings
 
 COMPONENT = "generator"
+MIX_COMPONENT = "mix"
 GIT_CREDENTIALS_DIR = "/var/run/secrets/labtune/git"
 TEACHER_CA_DIR = "/var/run/secrets/labtune/teacher-ca"
 PIPELINE_DIR = "/etc/labtune/pipeline"
@@ -138,6 +139,7 @@ def build_generate_config(
         output=output,
         leaf_failure_policy=spec.leaf_failure_policy,
         cache=leaf_cache(spec.cache, output, settings),
+        shards=spec.parallelism,
     )
 
 
@@ -153,20 +155,14 @@ def leaf_cache(spec: CacheSpec, output: str, settings: OperatorSettings) -> Leaf
     )
 
 
-def build_generator_children(
-    body: Mapping[str, Any],
-    run: SyntheticDataRun,
-    taxonomy: Taxonomy,
-    config: GenerateConfig,
-    settings: OperatorSettings,
-) -> tuple[dict[str, Any], ...]:
-    """ConfigMap and Job of the generator pod."""
-    name = child_name(body["metadata"]["name"], "generate")
-    spec, git = run.spec, taxonomy.spec.source.git
-    files: list[FileMount] = []
-    env: list[dict[str, Any]] = []
-    if git.secret_ref:
-        files.append(FileMount("secret", git.secret_ref.name, GIT_CREDENTIALS_DIR))
+def _git_files(taxonomy: Taxonomy) -> list[FileMount]:
+    git = taxonomy.spec.source.git
+    return [FileMount("secret", git.secret_ref.name, GIT_CREDENTIALS_DIR)] if git.secret_ref else []
+
+
+def _teacher_files_and_env(run: SyntheticDataRun) -> tuple[list[FileMount], list[dict[str, Any]]]:
+    """What the pods that ask the teacher mount (its CA, the pipelines) and its API key."""
+    spec, files, env = run.spec, [], []
     endpoint = spec.teacher.endpoint
     if endpoint and endpoint.api_key_secret_ref:
         ref = endpoint.api_key_secret_ref
@@ -174,6 +170,11 @@ def build_generator_children(
     if endpoint and endpoint.ca_secret_ref:
         ref = endpoint.ca_secret_ref
         files.append(FileMount("secret", ref.name, TEACHER_CA_DIR, ((ref.key, "ca.crt"),)))
+    return files, env
+
+
+def _pipeline_files(run: SyntheticDataRun) -> list[FileMount]:
+    spec, files = run.spec, []
     if spec.pipeline.config_map_ref:
         pipeline = spec.pipeline.config_map_ref
         files.append(FileMount("configMap", pipeline.name, PIPELINE_DIR, ((pipeline.key, "pipeline.yaml"),)))
@@ -182,23 +183,72 @@ def build_generator_children(
         choice_map = choices.pipeline.config_map_ref
         mount = ((choice_map.key, "pipeline.yaml"),)
         files.append(FileMount("configMap", choice_map.name, CHOICE_PIPELINE_DIR, mount))
+    return files
+
+
+def _output_uris(run: SyntheticDataRun, output: str) -> list[str]:
+    return [output, *(r.uri for r in run.spec.mixing.replay)]
+
+
+def generator_job_name(body: Mapping[str, Any], parallelism: int) -> str:
+    # The pods of an Indexed Job are named (host names) <job>-<index>: a DNS label.
+    owner = body["metadata"]["name"]
+    return dns_label_name(owner, "generate") if parallelism > 1 else child_name(owner, "generate")
+
+
+def build_generator_children(
+    body: Mapping[str, Any],
+    run: SyntheticDataRun,
+    taxonomy: Taxonomy,
+    config: GenerateConfig,
+    settings: OperatorSettings,
+) -> tuple[dict[str, Any], ...]:
+    """ConfigMap and Job of the generator pods: one pod, or one per shard (an Indexed Job whose
+    failing index is retried alone)."""
+    spec = run.spec
+    name = generator_job_name(body, spec.parallelism)
+    teacher_files, env = _teacher_files_and_env(run)
     sidecars = (build_vllm_sidecar(spec.teacher.model, settings),) if spec.teacher.model else ()
-    uris = [
-        config.output,
-        *(r.uri for r in spec.mixing.replay),
-        *((spec.teacher.model.uri,) if spec.teacher.model else ()),
-    ]
+    shard = ("--shard", "$(JOB_COMPLETION_INDEX)") if spec.parallelism > 1 else ()
     request = PodRequest(
         component=COMPONENT,
         image=settings.generator_image,
-        args=("generate", "--config", CONFIG_PATH),
+        args=("generate", "--config", CONFIG_PATH, *shard),
         config_map=name,
         scheduling=spec.scheduling,
-        artifact_uris=tuple(uris),
+        artifact_uris=(
+            *_output_uris(run, config.output),
+            *((spec.teacher.model.uri,) if spec.teacher.model else ()),
+        ),
         env=tuple(env),
-        files=tuple(files),
+        files=(*_git_files(taxonomy), *teacher_files, *_pipeline_files(run)),
         sidecars=sidecars,
     )
     meta = child_metadata(body, name, COMPONENT)
     template = build_pod_template(child_labels(body, COMPONENT), request, settings)
-    return build_config_map(meta, config), build_job(meta, template, spec)
+    job = build_job(meta, template, spec, completions=spec.parallelism, retries_per_index=True)
+    return build_config_map(meta, config), job
+
+
+def build_mix_job(
+    body: Mapping[str, Any],
+    run: SyntheticDataRun,
+    taxonomy: Taxonomy,
+    output: str,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """The Job that mixes a sharded run's shards into the datasets, once they all finished: the
+    generator's config, the taxonomy and the output, no teacher and no GPU."""
+    spec = run.spec
+    request = PodRequest(
+        component=MIX_COMPONENT,
+        image=settings.generator_image,
+        args=("generate", "--config", CONFIG_PATH, "--mix"),
+        config_map=generator_job_name(body, spec.parallelism),
+        scheduling=spec.scheduling,
+        artifact_uris=tuple(_output_uris(run, output)),
+        files=(*_git_files(taxonomy), *_pipeline_files(run)),
+    )
+    meta = child_metadata(body, child_name(body["metadata"]["name"], "mix"), MIX_COMPONENT)
+    template = build_pod_template(child_labels(body, MIX_COMPONENT), request, settings)
+    return build_job(meta, template, spec)

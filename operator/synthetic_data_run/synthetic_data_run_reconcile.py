@@ -4,7 +4,7 @@ metrics into status."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from labtune.api import SyntheticDataRun, Taxonomy
@@ -25,6 +25,8 @@ from labtune.operator.settings import OperatorSettings
 from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     build_generate_config,
     build_generator_children,
+    build_mix_job,
+    generator_job_name,
 )
 
 
@@ -33,6 +35,13 @@ class SyntheticDataRunKind:
 
     resource: type[Resource] = SyntheticDataRun
     status_model: type[RunStatusBase] = SyntheticDataRunStatus
+    every_pod_reports = True  # each shard its own leaves
+    summary_metrics: Mapping[str, str] = {
+        "leavesDone": m.GENERATE_LEAVES_DONE,
+        "leavesTotal": m.GENERATE_LEAVES_TOTAL,
+        "samplesGenerated": m.GENERATE_SAMPLES_GENERATED,
+        "samplesKept": m.GENERATE_SAMPLES_KEPT,
+    }
 
     def plan(self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings) -> Plan | Waiting:
         run = SyntheticDataRun.model_validate(body)
@@ -59,6 +68,27 @@ class SyntheticDataRunKind:
             children=children,
             pinned=SyntheticDataRunStatus(taxonomy_revision=revision),
         )
+
+    def next_step(
+        self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings, finished_job: str
+    ) -> Plan | Waiting | None:
+        """The mix Job once a sharded run's generator Job succeeded. It needs the Taxonomy's spec
+        (the git Secret to mount), not its state: the revision is pinned in the shards' config."""
+        run = SyntheticDataRun.model_validate(body)
+        if run.spec.parallelism == 1 or finished_job != generator_job_name(body, run.spec.parallelism):
+            return None
+        ref = run.spec.taxonomy_ref
+        found = kube.get_resource(Taxonomy, body["metadata"]["namespace"], ref.name)
+        if found is None:
+            return Waiting(
+                "TaxonomyNotFound",
+                f"every shard finished, but Taxonomy {ref.name} (whose git Secret the mix step mounts) "
+                "no longer exists",
+                stalled=True,
+            )
+        output = run.spec.output or default_output(body, settings.artifact_claim)
+        mix = build_mix_job(body, run, Taxonomy.model_validate(found), output, settings)
+        return Plan(job_name=mix["metadata"]["name"], children=(mix,))
 
     def finished(self, summary: str) -> Finished:
         parsed = GenerateSummary.model_validate_json(summary)
@@ -93,12 +123,12 @@ class SyntheticDataRunKind:
         model = (spec.get("teacher") or {}).get("model")
         return TeacherModel.model_validate(model).gpus if model else 0
 
-    def progress(self, samples: Samples) -> SyntheticDataRunStatus | None:
-        return progress_status(samples)
+    def progress(self, samples: Sequence[Samples]) -> SyntheticDataRunStatus | None:
+        return progress_status(Samples.sum(samples))
 
 
 def progress_status(samples: Samples) -> SyntheticDataRunStatus | None:
-    """status.progress from the generator's metrics."""
+    """status.progress from the generator's metrics (of every shard, summed)."""
     done, total = samples.get(m.GENERATE_LEAVES_DONE), samples.get(m.GENERATE_LEAVES_TOTAL)
     if done is None or total is None:
         return None

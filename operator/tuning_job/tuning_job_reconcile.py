@@ -4,7 +4,7 @@ status."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from labtune.api import SyntheticDataRun, TuningJob
@@ -47,6 +47,8 @@ class TuningJobKind:
 
     resource: type[Resource] = TuningJob
     status_model: type[RunStatusBase] = TuningJobStatus
+    every_pod_reports = False  # rank 0 reports for every node
+    summary_metrics: Mapping[str, str] = {}
 
     def plan(
         self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings
@@ -151,13 +153,18 @@ class TuningJobKind:
             conditions=(KindCondition(EVALUATED, False, GATE_FAILED, message),),
         )
 
+    def next_step(
+        self, kube: Kube, body: Mapping[str, Any], settings: OperatorSettings, finished_job: str
+    ) -> None:
+        return None  # one Job: training and evaluation run in the same pods
+
     def gpus(self, spec: Mapping[str, Any]) -> int:
         # The model's defaults, not repeated here: an omitted gpusPerNode is the spec's default.
         resources = TrainingResources.model_validate(spec.get("resources") or {})
         return resources.gpus_per_node * resources.nodes
 
-    def progress(self, samples: Samples) -> TuningJobStatus | None:
-        return progress_status(samples)
+    def progress(self, samples: Sequence[Samples]) -> TuningJobStatus | None:
+        return progress_status(samples[0])
 
 
 def progress_status(samples: Samples) -> TuningJobStatus | None:

@@ -116,12 +116,21 @@ class Kubelet:
     def pod(self, job: str) -> Any:
         return eventually(lambda: next(iter(self.pods(job)), None), what=f"a pod of Job {job}")
 
-    def _status(self, pod: Any, phase: str, main: dict[str, Any]) -> None:
+    def indexed_pods(self, job: str, index: int) -> list[Any]:
+        """The pods of one completion index of an Indexed Job, oldest first."""
+        found = [
+            p
+            for p in self.pods(job)
+            if (p.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index") == str(index)
+        ]
+        return sorted(found, key=lambda p: p.metadata.creation_timestamp)
+
+    def _status(self, pod: Any, phase: str, main: dict[str, Any], ip: str = "127.0.0.1") -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {
             "phase": phase,
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
             "startTime": stamp,
             "conditions": [
                 {
@@ -144,14 +153,18 @@ class Kubelet:
         self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": status})
 
     def run(self, job: str) -> Any:
-        pod = self.pod(job)
-        self._status(
-            pod, "Running", {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
-        )
+        return self.run_pod(self.pod(job))
+
+    def run_pod(self, pod: Any, ip: str = "127.0.0.1") -> Any:
+        """The pod running on `ip` (a loopback address of its own, for its /metrics)."""
+        started = {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+        self._status(pod, "Running", started, ip)
         return pod
 
     def finish(self, job: str, exit_code: int, message: str) -> None:
-        pod = self.pod(job)
+        self.finish_pod(self.pod(job), exit_code, message)
+
+    def finish_pod(self, pod: Any, exit_code: int, message: str, ip: str = "127.0.0.1") -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         terminated = {
             "exitCode": exit_code,
@@ -160,7 +173,7 @@ class Kubelet:
             "startedAt": stamp,
             "finishedAt": stamp,
         }
-        self._status(pod, "Succeeded" if exit_code == 0 else "Failed", {"terminated": terminated})
+        self._status(pod, "Succeeded" if exit_code == 0 else "Failed", {"terminated": terminated}, ip)
 
 
 class Cluster:

@@ -1,16 +1,21 @@
 """A taxonomy of 2,100 leaves (labtune_dev.template_taxonomy) through `labtune taxonomy sync` as the
 Taxonomy pod runs it, over https from a git server on loopback: the termination summary fits the
 kubelet's 4 KiB with exact counts, the manifest on the artifact volume holds every leaf and every
-error; `labtune taxonomy diff` finds the same changed leaves."""
+error; `labtune taxonomy diff` finds the same changed leaves; a run sharded 8 ways over 2,000 leaves
+plans its split."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labtune.contract.common import SUMMARY_LIMIT_BYTES, resolve_artifact
+from labtune.contract.generate import GenerateConfig
 from labtune.contract.taxonomy_sync import LeafManifest, TaxonomySyncSummary
+from labtune.generator.shards import ShardPlan
 from labtune_dev.template_taxonomy import (
     BASE_BRANCH,
     INVALID_VERSION,
@@ -72,3 +77,36 @@ def test_a_2100_leaf_taxonomy_syncs_validates_and_diffs(git_server: GitServer, t
         check=True,
     )
     assert diff.stdout.split() == taxonomy.changed
+
+
+def test_a_sharded_run_over_2000_leaves_plans_its_split(tmp_path: Path) -> None:
+    """`labtune generate --plan` (what every shard computes before it generates) over 2,000 leaves in
+    8 shards: every leaf in exactly one shard, the expected work balanced, in bounded time and
+    memory (one leaf's documents at a time)."""
+    taxonomy = make_taxonomy(tmp_path / "repos", TaxonomyShape(leaves=2000, added=1, edited=0))
+    config = GenerateConfig.model_validate(
+        {
+            "taxonomy": {"url": str(taxonomy.root), "commit": taxonomy.commit},
+            "leaves": "all",
+            "teacher": {"backend": "openai", "model": "teacher", "url": "http://127.0.0.1:1/v1"},
+            "output": str(tmp_path / "datasets"),
+            "shards": 8,
+        }
+    )
+    path = tmp_path / "generate.json"
+    path.write_text(config.model_dump_json(by_alias=True))
+
+    started = time.perf_counter()
+    with (tmp_path / "plan.json").open("w") as out:
+        process = subprocess.Popen([LABTUNE, "generate", "--config", str(path), "--plan"], stdout=out)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds, peak_mb = time.perf_counter() - started, usage.ru_maxrss / 1024
+    print(f"planned 2,000 leaves in 8 shards in {seconds:.1f}s, peak RSS {peak_mb:.0f} MB")
+    assert os.waitstatus_to_exitcode(status) == 0
+    plan = ShardPlan.model_validate_json((tmp_path / "plan.json").read_text())
+    assigned = [leaf for shard in plan.shards for leaf in shard.leaves]
+    assert sorted(assigned) == sorted(taxonomy.leaves)  # each once
+    works = [shard.work for shard in plan.shards]
+    assert sum(works) == plan.work
+    assert max(works) - min(works) <= max(works) * 0.02, works  # balanced to 2 %
+    assert peak_mb < 500

@@ -3,17 +3,21 @@ Ready, on the real API server (the tests stand in for the kubelet)."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import urllib.request
 from typing import Any
 
 import pytest
 import yaml
 from kubetest import Cluster, Kubelet, OperatorProcess, condition, eventually, tuning_job
+from prometheus_client import generate_latest
 
 from labtune.api import GROUP, VERSION
 from labtune.contract.generate import GenerateConfig
 from labtune.contract.taxonomy_sync import TaxonomySyncConfig
+from labtune.generator.generator_metrics import GeneratorMetrics
 
 pytestmark = pytest.mark.usefixtures("operator_process")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -278,3 +282,83 @@ def test_skipped_leaves_are_listed_on_a_succeeded_run(cluster: Cluster, kubelet:
     message = condition(status, "Ready")["message"]
     assert "1 leaf(s) produced nothing and were skipped (status.failedLeaves)" in message
     assert reason in message
+
+
+def _serve_metrics(address: tuple[str, int], text: str) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(text.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(address, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_sharded_run_retries_a_failed_shard_alone_then_mixes(
+    cluster: Cluster, kubelet: Kubelet, operator_process: OperatorProcess
+) -> None:
+    """parallelism 2: an Indexed Job with per-index retries (the real Job controller makes the pods
+    and replaces only the failed one), progress summed over the shards (a running one's metrics, a
+    finished one's summary), then the mix Job, whose summary is the run's."""
+    cluster.create(taxonomy("tax8"))
+    kubelet.finish(sync_job(cluster, "tax8"), 0, sync_summary([]))
+    run = data_run("sdg8", "tax8", {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}})
+    run["spec"]["parallelism"] = 2
+    cluster.create(run)
+    job = cluster.job("sdg8-generate")
+    assert (job["spec"]["completionMode"], job["spec"]["backoffLimitPerIndex"]) == ("Indexed", 3)
+    first = [
+        eventually(lambda i=i: next(iter(kubelet.indexed_pods(job["metadata"]["name"], i)), None))
+        for i in (0, 1)
+    ]
+
+    running = GeneratorMetrics()  # what the generator serves: gauges of leaves, counters of samples
+    running.leaves_total.set(2)
+    running.leaves_done.set(1)
+    running.samples_kept.inc(5)
+    metrics = generate_latest(running.registry).decode()
+    server = _serve_metrics(("127.0.0.2", operator_process.job_metrics_port), metrics)
+    try:
+        kubelet.run_pod(first[0], ip="127.0.0.2")
+        kubelet.finish_pod(first[1], 1, "error: the teacher failed after 5 retries")
+        retried = eventually(
+            lambda: pods[1] if len(pods := kubelet.indexed_pods("sdg8-generate", 1)) == 2 else None,
+            what="a new pod for the failed index",
+        )
+        assert len(kubelet.indexed_pods("sdg8-generate", 0)) == 1, "the running shard was left alone"
+        shard = {"kind": "Shard", "index": 1, "shards": 2, "leavesDone": 2, "leavesTotal": 2,
+                 "samplesKept": 20, "outcome": "pvc://labtune-artifacts/x/shards/shard-001.json"}  # fmt: skip
+        kubelet.finish_pod(retried, 0, json.dumps(shard))
+        status = cluster.status_when(
+            "syntheticdataruns",
+            "sdg8",
+            lambda s: (s.get("progress") or {}).get("leavesTotal") == 4,
+            "progress over both shards",
+        )
+        assert (status["progress"]["leavesDone"], status["progress"]["samplesKept"]) == (3, 25)
+        assert status["progress"]["percent"] == 75
+    finally:
+        server.shutdown()
+    kubelet.finish_pod(first[0], 0, json.dumps({**shard, "index": 0}), ip="127.0.0.2")
+
+    mix = cluster.job("sdg8-mix")
+    assert mix["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--mix"
+    status = cluster.status_when(
+        "syntheticdataruns", "sdg8", lambda s: s.get("jobName") == "sdg8-mix", "mixing"
+    )
+    assert status["restarts"] >= 1
+    dataset = {"uri": "pvc://labtune-artifacts/x/skills.jsonl", "samples": 40, "sha256": "b" * 64}
+    summary = {"taxonomyCommit": COMMIT, "teacherModel": "m", "outputs": {"skills": dataset},
+               "leavesDone": 4, "leavesTotal": 4, "samplesKept": 40}  # fmt: skip
+    kubelet.finish("sdg8-mix", 0, json.dumps(summary))
+    status = cluster.status_when(
+        "syntheticdataruns", "sdg8", lambda s: s.get("state") == "Succeeded", "success"
+    )
+    assert status["outputs"]["skills"] == dataset
+    assert (status["progress"]["leavesDone"], status["progress"]["percent"]) == (4, 100)

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from openai_server import Script
-from openai_server import serve as _serve
 
 from labtune.contract import ConfigError
 from labtune.contract.generate import TeacherConfig
 from labtune.generator.generator_metrics import GeneratorMetrics
 from labtune.generator.teacher import Completion, CompletionRequest, TeacherError
 from labtune.generator.teacher_openai import OpenAITeacher
+from labtune_dev.openai_server import Script
+from labtune_dev.openai_server import serve as _serve
 
 if TYPE_CHECKING:
     from conftest import TlsFiles

@@ -81,12 +81,14 @@ def test_run_conditions_follow_the_state() -> None:
 def test_prometheus_text_is_parsed() -> None:
     samples = parse(
         "# TYPE labtune_train_step gauge\nlabtune_train_step 7\n"
+        "# TYPE labtune_generator_leaves_total gauge\nlabtune_generator_leaves_total 3\n"
         "# TYPE labtune_generator_samples_kept counter\nlabtune_generator_samples_kept_total 12\n"
         "# TYPE labtune_train_phase gauge\n"
         'labtune_train_phase{phase="skills"} 1\nlabtune_train_phase{phase="x"} 0\n'
         '# TYPE h histogram\nh_bucket{le="1"} 1\nh_count 1\nh_sum 0.5\n'
     )
     assert samples.get("labtune_train_step") == 7
+    assert samples.get("labtune_generator_leaves_total") == 3  # a gauge named like a counter
     assert samples.get("labtune_generator_samples_kept") == 12
     assert samples.labels["labtune_train_phase"] == {"phase": "skills"}
     assert samples.get("h") is None

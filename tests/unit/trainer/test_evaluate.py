@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from openai_server import serve
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -37,6 +36,7 @@ from labtune.trainer.multiple_choice import score_choices
 from labtune.trainer.scoring import answer_likelihoods, contains, exact_match, greedy_answers, rouge_l
 from labtune.trainer.trainer_cli import run_evaluation
 from labtune.trainer.trainer_metrics import EvaluationMetrics
+from labtune_dev.openai_server import serve
 
 LABTUNE = str(Path(sys.executable).parent / "labtune")
 
