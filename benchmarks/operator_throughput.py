@@ -112,8 +112,10 @@ class Operator:
     """The operator as a process, with its peak RSS (the kernel's high-water mark) and CPU time read
     from /proc by a sampling thread."""
 
-    def __init__(self, kubeconfig: Path, log: Path, namespaces: tuple[str, ...]) -> None:
-        self.kubeconfig, self.log, self.namespaces = kubeconfig, log, namespaces
+    def __init__(
+        self, kubeconfig: Path, log: Path, namespaces: tuple[str, ...], args: tuple[str, ...] = ()
+    ) -> None:
+        self.kubeconfig, self.log, self.namespaces, self.args = kubeconfig, log, namespaces, args
         self.liveness = free_port()
         self.peak_rss_kb: list[int] = []  # per process started
         self.cpu_s = 0.0
@@ -123,7 +125,7 @@ class Operator:
         command = [
             sys.executable, "-m", "labtune.operator", "--kubeconfig", str(self.kubeconfig),
             "--metrics-port", "0", "--liveness-port", str(self.liveness), "--resync-interval", "600",
-            *(f"--namespace={ns}" for ns in self.namespaces),
+            *(f"--namespace={ns}" for ns in self.namespaces), *self.args,
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -136,7 +138,8 @@ class Operator:
                     return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"operator did not become healthy; see {self.log}")
+        tail = self.log.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError("operator did not become healthy in 60 s; its log ends:\n" + "\n".join(tail))
 
     def _sample_until_exit(self, process: subprocess.Popen[bytes]) -> None:
         while process.poll() is None:

@@ -205,15 +205,16 @@ def test_taxonomy_to_tuned_adapter(
 def test_a_second_run_of_the_revision_reuses_every_leaf_from_the_cache(
     api_client: client.ApiClient, namespace: str, demo: tuple[DemoSettings, DemoState]
 ) -> None:
-    """After test_taxonomy_to_tuned_adapter: the same spec into another output takes every leaf from
-    the leaf cache the first run left on the claim, asks the teacher nothing and writes the same
-    datasets."""
+    """After test_taxonomy_to_tuned_adapter: the same spec into another output, sharded in two pods
+    and a mix pod (`parallelism: 2`), takes every leaf from the leaf cache the first run left on the
+    claim, asks the teacher nothing and writes the same datasets."""
     _, state = demo
     custom = client.CustomObjectsApi(api_client)
     first = _finished(custom, namespace, "syntheticdataruns", "demo", 60)
     (body,) = [b for b in _manifests(state) if b["kind"] == "SyntheticDataRun"]
     body["metadata"]["name"] = "demo-again"
     body["spec"]["output"] = "pvc://labtune-artifacts/datasets-again"
+    body["spec"]["parallelism"] = 2
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "syntheticdataruns", body)
     again = _finished(custom, namespace, "syntheticdataruns", "demo-again", 600)
     nothing_asked = {"leavesGenerated": 0, "leavesReused": 3, "promptTokens": 0, "completionTokens": 0}
@@ -221,6 +222,16 @@ def test_a_second_run_of_the_revision_reuses_every_leaf_from_the_cache(
     for name in ("knowledge", "skills", "evaluation"):
         assert again["outputs"][name]["sha256"] == first["outputs"][name]["sha256"], name
     assert (state.claim_dir / "labtune-cache/leaves").is_dir()
+    jobs = client.BatchV1Api(api_client).list_namespaced_job(
+        namespace, label_selector="labtune.io/syntheticdatarun=demo-again"
+    )
+    assert sorted(j.metadata.name for j in jobs.items) == ["demo-again-generate", "demo-again-mix"]
+    shards = client.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector="job-name=demo-again-generate"
+    )
+    assert sorted(
+        p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in shards.items
+    ) == ["0", "1"]
     events = client.CoreV1Api(api_client).list_namespaced_event(
         namespace, field_selector="involvedObject.name=demo-again"
     )

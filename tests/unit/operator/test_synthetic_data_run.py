@@ -3,6 +3,7 @@ summary puts in status."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from labtune.operator.synthetic_data_run.synthetic_data_run_builders import (
     LEAF_CACHE_FOLDER,
     build_generate_config,
     build_generator_children,
+    build_mix_job,
 )
 from labtune.operator.synthetic_data_run.synthetic_data_run_reconcile import SyntheticDataRunKind
 
@@ -152,3 +154,27 @@ def test_the_run_cost_is_recorded_and_reuse_is_told_in_the_event(tmp_path: Path)
         "completionTokens": 80,
     }
     assert finished.note == "; 9 of 10 leaves reused from the leaf cache"
+
+
+def test_each_shard_pod_serves_its_own_teacher_and_the_mix_pod_none() -> None:
+    body = {
+        "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
+        "kind": "SyntheticDataRun",
+        "apiVersion": "labtune.io/v1alpha1",
+    }
+    run = _run(teacher={"model": {"uri": "pvc://models/teacher-7b", "gpus": 2}}, parallelism=4)
+    config = _config(run)
+    _, job = build_generator_children(body, run, TAXONOMY, config, OperatorSettings())
+    assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (4, 4)
+    pod = job["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]  # in the template: one per pod, so 4 pods x 2 GPUs at once
+    assert sidecar["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    mix = build_mix_job(body, run, TAXONOMY, config.output, OperatorSettings())
+    mix_pod = mix["spec"]["template"]["spec"]
+    assert "initContainers" not in mix_pod
+    assert "nvidia.com/gpu" not in json.dumps(mix_pod)  # no teacher: no GPU, no toleration
+    assert mix_pod["containers"][0]["args"][-1] == "--mix"
+    config_maps = [
+        {v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v} for spec in (pod, mix_pod)
+    ]
+    assert config_maps[0] == config_maps[1] == {"r-generate"}  # the shards' config, revision pinned
