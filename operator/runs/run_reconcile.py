@@ -248,6 +248,10 @@ def create_children(kube: Kube, children: tuple[Mapping[str, Any], ...]) -> dict
     return made
 
 
+def _failed(pods: list[dict[str, Any]]) -> int:
+    return sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Failed")
+
+
 class StaleBody(Exception):
     """The body in hand is too old to decide on (read the resource again and reconcile anew)."""
 
@@ -322,6 +326,9 @@ def reconcile_run(
             outcome = RunOutcome("Waiting", step.reason, step.message, stalled=step.stalled)
             return _write(kube, store, kind, body, old, status, outcome, timestamp)
         if step is not None:
+            # The finished step's replaced pods stay the run's restarts once its Job is left behind.
+            done = kube.list_pods(namespace, {**selector(body["kind"], name), JOB_NAME_LABEL: view.name})
+            status.restarts = max(old.restarts, view.failed_pods, _failed(done))
             made = create_children(kube, step.children)
             if isinstance(made, Refusal):
                 outcome = RunOutcome("Waiting", made.reason, made.message, stalled=made.lasting)
@@ -345,8 +352,7 @@ def reconcile_run(
     )
     # Pods the pod failure policy ignored (preempted after a checkpoint, exit 75) count as restarts too,
     # though the Job's own `failed` leaves them out; their pod objects stay until the Job goes.
-    replaced = sum(1 for pod in pods if (pod.get("status") or {}).get("phase") == "Failed")
-    status.restarts = max(status.restarts, old.restarts, view.failed_pods, replaced)
+    status.restarts = max(status.restarts, old.restarts, view.failed_pods, _failed(pods))
 
     extra: tuple[KindCondition, ...] = ()
     if view.complete:
