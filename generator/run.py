@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 CHOICE_STAGES = "multipleChoice"
 """The prefix of the multiple-choice pipeline's stages in the summary's stage counts."""
 
-TRAINING = "training"
-"""The training flows' folder in the leaf cache (beside `choices` and `auxiliary`)."""
+TRAINING, CHOICES, AUXILIARY_FLOW = "training", "choices", "auxiliary"
+"""The flows' folders in the checkpoints, the leaf cache and a shard's outcome."""
 
 
 class GenerationError(Exception):
@@ -401,7 +401,7 @@ class _Run:
             return to_choices(template, job.path, rows, where=where)
 
         self.choice_results, self.questions, self.choice_failures = await self.side_flow(
-            jobs, flow, engine, "choices", build, ChoiceExample
+            jobs, flow, engine, CHOICES, build, ChoiceExample
         )
 
     async def auxiliaries(self, jobs: list[LeafJob]) -> None:
@@ -418,7 +418,7 @@ class _Run:
             return training_samples(job, flow.sample, where, metadata, rows)
 
         self.auxiliary_results, self.auxiliary, self.auxiliary_failures = await self.side_flow(
-            jobs, flow, engine, "auxiliary", build, Record
+            jobs, flow, engine, AUXILIARY_FLOW, build, Record
         )
 
     def write_report(
@@ -757,8 +757,8 @@ async def _run_flows(
         choice_pipeline = setup.choice_pipeline
         jobs = {
             TRAINING: _jobs(config, leaves, setup.flow_pipeline, count, who),
-            "choices": _choice_jobs(config, leaves, choice_pipeline, count, who) if choice_pipeline else [],
-            "auxiliary": _auxiliary_jobs(config, leaves, setup.flow_pipeline, count, who),
+            CHOICES: _choice_jobs(config, leaves, choice_pipeline, count, who) if choice_pipeline else [],
+            AUXILIARY_FLOW: _auxiliary_jobs(config, leaves, setup.flow_pipeline, count, who),
         }
         setup.output.mkdir(parents=True, exist_ok=True)
         metrics.leaves_total.set(len(jobs[TRAINING]))
@@ -779,11 +779,11 @@ async def _run_flows(
         async def training() -> None:
             trained.append(await run.leaves(jobs[TRAINING]))
 
-        await side_by_side(training(), run.choices(jobs["choices"]), run.auxiliaries(jobs["auxiliary"]))
+        await side_by_side(training(), run.choices(jobs[CHOICES]), run.auxiliaries(jobs[AUXILIARY_FLOW]))
     finally:
         if owned:
             await teacher.aclose()
-    return _Flows(run, *trained[0], choice_leaves=len(jobs["choices"])), jobs
+    return _Flows(run, *trained[0], choice_leaves=len(jobs[CHOICES])), jobs
 
 
 def _finish(config: GenerateConfig, setup: _Setup, flows: _Flows, leaves: list[_Leaf]) -> GenerateSummary:
@@ -838,8 +838,10 @@ async def generate_shard_async(
     setup = _setup(config)
     commit, _, mine = _checkout(config, setup, partial(_shard_of, config, index))
     flows, jobs = await _run_flows(config, setup, commit, mine, teacher, metrics)
-    if flows.failures and config.leaf_failure_policy == "FailRun":
-        raise _run_problem(config, len(mine), flows.results, flows.failures, 0, flows.run) or AssertionError()
+    if config.leaf_failure_policy == "FailRun" and (
+        problem := _leaf_problem(config, len(mine), flows.results, flows.failures)
+    ):
+        raise problem
     run = flows.run
     outcome = shards.ShardOutcome(
         index=index,
@@ -855,12 +857,12 @@ async def generate_shard_async(
             )
             for folder, results, failures, fingerprints in (
                 (TRAINING, flows.results, flows.failures, _fingerprints(jobs[TRAINING])),
-                ("choices", run.choice_results, run.choice_failures, _fingerprints(jobs["choices"])),
+                (CHOICES, run.choice_results, run.choice_failures, _fingerprints(jobs[CHOICES])),
                 (
-                    "auxiliary",
+                    AUXILIARY_FLOW,
                     run.auxiliary_results,
                     run.auxiliary_failures,
-                    _fingerprints(jobs["auxiliary"]),
+                    _fingerprints(jobs[AUXILIARY_FLOW]),
                 ),
             )
         },
@@ -967,7 +969,7 @@ def mix_shards(config: GenerateConfig) -> GenerateSummary:
         cache=setup.cache,
     )
     checkpoints = setup.output / "checkpoints"
-    flows = {folder: _merged(outcomes, folder) for folder in (TRAINING, "choices", "auxiliary")}
+    flows = {folder: _merged(outcomes, folder) for folder in (TRAINING, CHOICES, AUXILIARY_FLOW)}
     for folder, flow in flows.items():
         if jobs := len(flow.done) + len(flow.failures):
             run.reuse[folder] = (flow.reused, jobs - flow.reused)
@@ -975,15 +977,29 @@ def mix_shards(config: GenerateConfig) -> GenerateSummary:
     results, samples = _read_flow(checkpoints, leaves, flows[TRAINING], Record)
     failures = sorted(flows[TRAINING].failures, key=lambda f: order[f.path])
     run.choice_results, run.questions = _read_flow(
-        checkpoints / "choices", leaves, flows["choices"], ChoiceExample
+        checkpoints / CHOICES, leaves, flows[CHOICES], ChoiceExample
     )
-    run.choice_failures = sorted(flows["choices"].failures, key=lambda f: f.path)
+    run.choice_failures = sorted(flows[CHOICES].failures, key=lambda f: f.path)
     run.auxiliary_results, run.auxiliary = _read_flow(
-        checkpoints / "auxiliary", leaves, flows["auxiliary"], Record
+        checkpoints / AUXILIARY_FLOW, leaves, flows[AUXILIARY_FLOW], Record
     )
-    run.auxiliary_failures = sorted(flows["auxiliary"].failures, key=lambda f: f.path)
-    choice_leaves = len(flows["choices"].done) + len(flows["choices"].failures)
+    run.auxiliary_failures = sorted(flows[AUXILIARY_FLOW].failures, key=lambda f: f.path)
+    choice_leaves = len(flows[CHOICES].done) + len(flows[CHOICES].failures)
     return _finish(config, setup, _Flows(run, results, samples, failures, choice_leaves), leaves)
+
+
+def _leaf_problem(
+    config: GenerateConfig, leaves: int, results: list[LeafResult], failures: list[LeafFailure]
+) -> GenerationError | None:
+    """Why the training leaves' failures fail the run (FailRun, or no leaf left), if they do."""
+    if failures and (config.leaf_failure_policy == "FailRun" or not results):
+        # The finished leaves stay checkpointed: a run with the same output resumes them.
+        skip = " (or set leafFailurePolicy: SkipLeaf to finish without it)" if results else ""
+        return GenerationError(
+            f"{len(failures)} of {leaves} leaves produced nothing{skip}: "
+            + "; ".join(f.reason for f in failures)
+        )
+    return None
 
 
 def _run_problem(
@@ -995,13 +1011,8 @@ def _run_problem(
     run: _Run,
 ) -> GenerationError | None:
     """Why the finished flows make no datasets, if they do not."""
-    if failures and (config.leaf_failure_policy == "FailRun" or not results):
-        # The finished leaves stay checkpointed: a run with the same output resumes them.
-        skip = " (or set leafFailurePolicy: SkipLeaf to finish without it)" if results else ""
-        return GenerationError(
-            f"{len(failures)} of {leaves} leaves produced nothing{skip}: "
-            + "; ".join(f.reason for f in failures)
-        )
+    if problem := _leaf_problem(config, leaves, results, failures):
+        return problem
     if choice_leaves and not run.questions:
         return GenerationError(
             f"evaluation.multipleChoice: no question survived the pipeline in any of the {choice_leaves} "
